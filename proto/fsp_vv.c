@@ -112,8 +112,7 @@ int fsp_vv_copy(struct fsp_vv *dst, const struct fsp_vv *src) {
   return 0;
 }
 
-uint64_t fsp_vv_get(const struct fsp_vv *v,
-                    const uint8_t replica[FSP_ID_LEN]) {
+uint64_t fsp_vv_get(const struct fsp_vv *v, const uint8_t replica[FSP_ID_LEN]) {
   size_t pos;
 
   return find(v, replica, &pos) ? v->e[pos].counter : 0;
@@ -236,10 +235,10 @@ int fsp_vv_join(struct fsp_vv *dst, const struct fsp_vv *src) {
   k = nu;
   /* Once src is used up, dst's remaining prefix is already in place. */
   while (j > 0) {
-    int c = i > 0 ? memcmp(dst->e[i - 1].replica, src->e[j - 1].replica,
-                           FSP_ID_LEN)
-                  : -1;
+    int c = -1; /* dst used up: the rest comes from src */
 
+    if (i > 0)
+      c = memcmp(dst->e[i - 1].replica, src->e[j - 1].replica, FSP_ID_LEN);
     if (c > 0) {
       dst->e[--k] = dst->e[--i];
     } else if (c < 0) {
@@ -342,8 +341,7 @@ void fsp_vv_format(const struct fsp_vv *v, char *buf, size_t cap) {
     char item[48];
     const uint8_t *r = v->e[i].replica;
     int k = snprintf(item, sizeof(item), "%s%02x%02x%02x%02x:%" PRIu64,
-                     i > 0 ? "," : "", r[0], r[1], r[2], r[3],
-                     v->e[i].counter);
+                     i > 0 ? "," : "", r[0], r[1], r[2], r[3], v->e[i].counter);
     size_t len;
 
     assert(k > 0 && (size_t)k < sizeof(item));

@@ -52,8 +52,7 @@ static bool canonical(const struct fsp_vv *v) {
   for (i = 0; i < v->n; i++) {
     if (v->e[i].counter == 0)
       return false;
-    if (i > 0 &&
-        memcmp(v->e[i - 1].replica, v->e[i].replica, FSP_ID_LEN) >= 0)
+    if (i > 0 && memcmp(v->e[i - 1].replica, v->e[i].replica, FSP_ID_LEN) >= 0)
       return false;
   }
   return true;
@@ -453,7 +452,7 @@ TEST(vv_join_copy_decode_enomem) {
   struct fsp_vv snap;
   struct fsp_vv want;
   uint8_t id[FSP_ID_LEN];
-  uint8_t *enc;
+  uint8_t enc[64 * FSP_VV_ENTRY_BYTES];
   size_t enclen;
   uint64_t k;
   unsigned i;
@@ -503,17 +502,23 @@ TEST(vv_join_copy_decode_enomem) {
   ASSERT_EQ(snap.n, 0);
 
   enclen = fsp_vv_encoded_size(&want);
-  enc = malloc(enclen);
-  ASSERT(enc != NULL);
+  ASSERT_LE(enclen, sizeof(enc));
   fsp_vv_encode(&want, enc);
   fsp_alloc_fail_at(1, false);
-  ASSERT_EQ(fsp_vv_decode(&snap, enc, enclen, FSP_DEFAULT_MAX_VV),
-            FSP_ENOMEM);
+  ASSERT_EQ(fsp_vv_decode(&snap, enc, enclen, FSP_DEFAULT_MAX_VV), FSP_ENOMEM);
   fsp_alloc_fail_at(0, false);
   ASSERT_EQ(snap.n, 0);
   ASSERT_OK(fsp_vv_decode(&snap, enc, enclen, FSP_DEFAULT_MAX_VV));
   ASSERT(vv_eq(&snap, &want));
-  free(enc);
+
+  /* decode into a vector too small to hold the result keeps it too. */
+  fsp_vv_close(&dst);
+  MKVV(&dst, {RB, 9});
+  fsp_alloc_fail_at(1, false);
+  ASSERT_EQ(fsp_vv_decode(&dst, enc, enclen, FSP_DEFAULT_MAX_VV), FSP_ENOMEM);
+  fsp_alloc_fail_at(0, false);
+  ASSERT_EQ(dst.n, 1);
+  ASSERT_EQ(fsp_vv_get(&dst, named_ids[RB]), 9);
 
   fsp_vv_close(&dst);
   fsp_vv_close(&src);
@@ -533,8 +538,7 @@ TEST(vv_format) {
 
   MKVV(&v, {RZ, UINT64_MAX}, {RA, 1}, {RD, 42});
   fsp_vv_format(&v, buf, sizeof(buf));
-  ASSERT_STR_EQ(buf,
-                "00000000:1,80000000:42,ffffffff:18446744073709551615");
+  ASSERT_STR_EQ(buf, "00000000:1,80000000:42,ffffffff:18446744073709551615");
 
   /* Small buffers: a NUL-terminated prefix, nothing written past cap. */
   for (cap = 0; cap < 20; cap++) {
@@ -832,6 +836,7 @@ TEST(vv_random_format_bounds) {
   }
 }
 
+/* clang-format off */
 TEST_LIST(
   TEST_ENTRY(vv_compare_by_hand)
   TEST_ENTRY(vv_set_get_increment_order)
@@ -848,3 +853,4 @@ TEST_LIST(
   TEST_ENTRY(vv_random_join_compare_laws)
   TEST_ENTRY(vv_random_format_bounds)
 )
+/* clang-format on */
