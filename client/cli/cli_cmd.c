@@ -49,15 +49,16 @@ static bool opt_given(const struct cli_args *a, int id) {
   return false;
 }
 
-/* Reports a failed open. A missing file gets a hint to `fieldsync init`;
- * otherwise the library's message, prefixed by the path unless it already
- * names it. Closes the handle. Returns CLI_EXIT_FAIL. */
-static int open_failed(struct cli *cli, int rc) {
+/* Reports a failed open: the library's message, prefixed by the path
+ * unless it already names it. A missing file (when not creating) gets a
+ * hint to `fieldsync init` instead. Closes the handle. Returns
+ * CLI_EXIT_FAIL. */
+static int open_failed(struct cli *cli, int rc, bool creating) {
   struct stat st;
   const char *msg;
   int ret;
 
-  if (stat(cli->db_path, &st) != 0 && errno == ENOENT) {
+  if (!creating && stat(cli->db_path, &st) != 0 && errno == ENOENT) {
     if (strcmp(cli->db_path, CLI_DEFAULT_DB) == 0)
       ret = cli_fail(cli,
                      "no database at %s (create one with 'fieldsync "
@@ -87,7 +88,7 @@ static int open_db(struct cli *cli) {
   int rc = fieldsync_open(cli->db_path, 0, NULL, &cli->db);
 
   if (rc != 0)
-    return open_failed(cli, rc);
+    return open_failed(cli, rc, false);
   return CLI_EXIT_OK;
 }
 
@@ -158,30 +159,32 @@ static int cmd_init(struct cli *cli, const struct cli_args *a) {
   struct stat st;
   int rc;
 
-  /* fieldsync_open(CREATE) would quietly open an existing database; init
-   * must never reuse one, so look first. */
+  /* fieldsync_open(CREATE) would quietly open an existing database (and
+   * initialise an empty file); init must never reuse one, so look first. */
   if (stat(cli->db_path, &st) == 0) {
+    if (S_ISREG(st.st_mode) && st.st_size == 0)
+      return cli_fail(cli,
+                      "%s exists but is empty; remove it to create a "
+                      "database there",
+                      cli->db_path);
     rc = fieldsync_open(cli->db_path, 0, NULL, &cli->db);
     if (rc == 0) {
       fieldsync_replica_id(cli->db, hex);
       return cli_fail(cli,
-                      "%s is already initialised (replica %s); "
-                      "not creating another database",
+                      "%s is already initialised (replica %s); not "
+                      "creating another database",
                       cli->db_path, hex);
     }
-    rc = cli_fail(cli,
-                  "%s already exists and is not a usable fieldsync "
-                  "database (%s); not overwriting it",
-                  cli->db_path,
-                  cli->db != NULL ? fieldsync_errmsg(cli->db)
-                                  : fieldsync_strerror(rc));
+    rc = cli_fail(
+        cli, "%s already exists; not overwriting it: %s", cli->db_path,
+        cli->db != NULL ? fieldsync_errmsg(cli->db) : fieldsync_strerror(rc));
     fieldsync_close(cli->db);
     cli->db = NULL;
     return rc;
   }
   rc = fieldsync_open(cli->db_path, FIELDSYNC_OPEN_CREATE, name, &cli->db);
   if (rc != 0)
-    return open_failed(cli, rc);
+    return open_failed(cli, rc, true);
   fieldsync_replica_id(cli->db, hex);
   printf("%s\n", hex);
   return CLI_EXIT_OK;

@@ -93,6 +93,18 @@ static void put_short(const char *s, size_t width) {
   free(cut);
 }
 
+/* Prints the first n bytes of an id or hash (hex digits), unmarked, so
+ * that it can be copied into `resolve --keep`. */
+static void put_prefix(const char *s, size_t n) {
+  size_t len = strlen(s);
+  char *cut = strndup(s, len < n ? len : n);
+
+  if (cut == NULL)
+    return;
+  put_text(cut, false, 0);
+  free(cut);
+}
+
 /* Prints a JSON value in compact form (for nested messages). */
 static void put_compact(const json_t *v, bool block, int indent) {
   char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
@@ -183,7 +195,7 @@ static void put_vv(const json_t *vv) {
     if (!first)
       putchar(' ');
     first = false;
-    put_short(replica, REPLICA_SHOWN);
+    put_prefix(replica, REPLICA_SHOWN);
     putchar(':');
     put_value(counter, false, 0);
   }
@@ -248,7 +260,7 @@ bool cli_out_record(const char *json, char *err, size_t errcap) {
     printf("version %zu of %zu", i + 1, nver);
     if (json_is_string(hash)) {
       fputs("  hash ", stdout);
-      put_short(json_string_value(hash), HASH_SHOWN);
+      put_prefix(json_string_value(hash), HASH_SHOWN);
     }
     fputs("  vv ", stdout);
     put_vv(json_object_get(ver, "vv"));

@@ -202,6 +202,22 @@ FIELDSYNC_EXTERN int fieldsync_draft_for_resolve(fieldsync_db *db,
                                                  const char *id,
                                                  fieldsync_draft **out);
 
+/* ---- batches ----------------------------------------------------------- */
+
+/**
+ * Groups many writes into one durable transaction (far faster than one
+ * commit per record). Between fieldsync_batch_begin() and
+ * fieldsync_batch_commit(), each write (create, edit, delete, resolve)
+ * still succeeds or fails on its own: a failed write is undone alone and
+ * the batch goes on. Nothing in the batch is durable until commit returns
+ * 0; fieldsync_batch_rollback() (or closing the handle) discards it.
+ * @return 0, FIELDSYNC_EINVAL (a batch is already open / none is open),
+ *         FIELDSYNC_EBUSY, FIELDSYNC_EIO, ...
+ */
+FIELDSYNC_EXTERN int fieldsync_batch_begin(fieldsync_db *db);
+FIELDSYNC_EXTERN int fieldsync_batch_commit(fieldsync_db *db);
+FIELDSYNC_EXTERN int fieldsync_batch_rollback(fieldsync_db *db);
+
 /* ---- reading ----------------------------------------------------------- */
 
 /**

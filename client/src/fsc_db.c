@@ -51,7 +51,10 @@ static const char *const migrations[] = {
     "  author TEXT,"
     "  device_time_ms INTEGER,"
     "  pending INTEGER NOT NULL DEFAULT 0,"
-    "  PRIMARY KEY(record, hash)"
+    /* A version is its (vector, content): two replicas may write the
+     * same content concurrently, and a resolution may keep a sibling's
+     * content under a new vector. */
+    "  PRIMARY KEY(record, hash, vv)"
     ") WITHOUT ROWID;"
     "CREATE INDEX versions_pending ON versions(pending) WHERE pending > 0;",
 };
@@ -227,20 +230,71 @@ static int exec(fieldsync_db *db, const char *sql, const char *what) {
 }
 
 int fsc_begin(fieldsync_db *db) {
+  if (db->batch)
+    return exec(db, "SAVEPOINT fsc_op", "begin operation");
   return exec(db, "BEGIN IMMEDIATE", "begin transaction");
 }
 
 int fsc_commit(fieldsync_db *db) {
-  int rc = exec(db, "COMMIT", "commit");
+  int rc;
 
+  if (db->batch)
+    return exec(db, "RELEASE fsc_op", "finish operation");
+  rc = exec(db, "COMMIT", "commit");
   if (rc != 0)
     fsc_rollback(db);
   return rc;
 }
 
 void fsc_rollback(fieldsync_db *db) {
-  if (!sqlite3_get_autocommit(db->sql))
-    sqlite3_exec(db->sql, "ROLLBACK", NULL, NULL, NULL);
+  if (sqlite3_get_autocommit(db->sql))
+    return;
+  if (db->batch) {
+    sqlite3_exec(db->sql, "ROLLBACK TO fsc_op; RELEASE fsc_op", NULL, NULL,
+                 NULL);
+    /* An I/O error may have ended the whole transaction. */
+    if (sqlite3_get_autocommit(db->sql))
+      db->batch = false;
+    return;
+  }
+  sqlite3_exec(db->sql, "ROLLBACK", NULL, NULL, NULL);
+}
+
+int fieldsync_batch_begin(fieldsync_db *db) {
+  int rc;
+
+  if (db == NULL)
+    return FIELDSYNC_EINVAL;
+  if (db->batch)
+    return fsc_err(db, FIELDSYNC_EINVAL, "a batch is already open");
+  rc = exec(db, "BEGIN IMMEDIATE", "begin batch");
+  if (rc == 0)
+    db->batch = true;
+  return rc;
+}
+
+int fieldsync_batch_commit(fieldsync_db *db) {
+  int rc;
+
+  if (db == NULL)
+    return FIELDSYNC_EINVAL;
+  if (!db->batch)
+    return fsc_err(db, FIELDSYNC_EINVAL, "no batch is open");
+  db->batch = false;
+  rc = exec(db, "COMMIT", "commit batch");
+  if (rc != 0)
+    fsc_rollback(db);
+  return rc;
+}
+
+int fieldsync_batch_rollback(fieldsync_db *db) {
+  if (db == NULL)
+    return FIELDSYNC_EINVAL;
+  if (!db->batch)
+    return fsc_err(db, FIELDSYNC_EINVAL, "no batch is open");
+  db->batch = false;
+  fsc_rollback(db);
+  return 0;
 }
 
 /* ---- open -------------------------------------------------------------- */

@@ -78,6 +78,7 @@ static const char *quote(char *buf, size_t cap, const char *s) {
   size_t o = 0;
 
   assert(cap > QUOTE_MAX + 3);
+  (void)cap;
   for (i = 0; s[i] != '\0'; i++) {
     unsigned char c = (unsigned char)s[i];
 
@@ -174,7 +175,7 @@ static size_t elt_size(const ProtobufCFieldDescriptor *f) {
   case PROTOBUF_C_TYPE_MESSAGE:
     return sizeof(ProtobufCMessage *);
   }
-  assert(!"unknown protobuf-c field type");
+  assert(false); /* not a protobuf-c field type */
   return 0;
 }
 
@@ -307,8 +308,7 @@ static void elem_free(const ProtobufCFieldDescriptor *f, const void *p) {
 }
 
 /* Frees n stored values of f at arr, then arr. */
-static void array_free(const ProtobufCFieldDescriptor *f, char *arr,
-                       size_t n) {
+static void array_free(const ProtobufCFieldDescriptor *f, char *arr, size_t n) {
   size_t i;
 
   for (i = 0; i < n; i++)
@@ -497,8 +497,7 @@ bool fsc_fields_enum_name(const ProtobufCEnumDescriptor *d, int value,
 
 /* Writes the short names of the enum's non-zero values, joined with '|',
  * to buf; a list longer than cap ends in "...". */
-static void enum_list(const ProtobufCEnumDescriptor *d, char *buf,
-                      size_t cap) {
+static void enum_list(const ProtobufCEnumDescriptor *d, char *buf, size_t cap) {
   const char *pfx;
   size_t plen = enum_prefix(d, &pfx);
   size_t o = 0;
@@ -637,8 +636,7 @@ static int hex_value(int c) {
 }
 
 static int parse_hex(const ProtobufCFieldDescriptor *f, const char *text,
-                     union slot *v, const char *where, char *err,
-                     size_t cap) {
+                     union slot *v, const char *where, char *err, size_t cap) {
   char q[QUOTE_MAX + 4];
   size_t need = hex_digits(f);
   size_t n = strlen(text);
@@ -735,9 +733,9 @@ not_number:
 }
 
 /* Stores a finite double in a float or double slot. */
-static int put_real(const ProtobufCFieldDescriptor *f, double x,
-                    union slot *v, const char *what, const char *where,
-                    char *err, size_t cap) {
+static int put_real(const ProtobufCFieldDescriptor *f, double x, union slot *v,
+                    const char *what, const char *where, char *err,
+                    size_t cap) {
   if (!isfinite(x) ||
       (f->type == PROTOBUF_C_TYPE_FLOAT && (x > FLT_MAX || x < -FLT_MAX))) {
     seterr(err, cap, "%s: %s is out of range for %s", where, what,
@@ -752,8 +750,7 @@ static int put_real(const ProtobufCFieldDescriptor *f, double x,
 }
 
 static int parse_real(const ProtobufCFieldDescriptor *f, const char *text,
-                      union slot *v, const char *where, char *err,
-                      size_t cap) {
+                      union slot *v, const char *where, char *err, size_t cap) {
   char q[QUOTE_MAX + 4];
   char what[QUOTE_MAX + 8];
   const char *s = text[0] == '-' ? text + 1 : text;
@@ -794,8 +791,8 @@ static int parse_bool(const char *text, union slot *v, const char *where,
       return 0;
     }
   }
-  seterr(err, cap, "%s: \"%s\" is not a boolean (true/false/yes/no/1/0)",
-         where, quote(q, sizeof(q), text));
+  seterr(err, cap, "%s: \"%s\" is not a boolean (true/false/yes/no/1/0)", where,
+         quote(q, sizeof(q), text));
   return FIELDSYNC_EVALUE;
 }
 
@@ -816,15 +813,14 @@ static int enum_refused(const ProtobufCEnumDescriptor *d, bool zero,
 }
 
 static int parse_enum(const ProtobufCFieldDescriptor *f, const char *text,
-                      union slot *v, const char *where, char *err,
-                      size_t cap) {
+                      union slot *v, const char *where, char *err, size_t cap) {
   const ProtobufCEnumDescriptor *d = f->descriptor;
   char q[QUOTE_MAX + 4];
   char what[QUOTE_MAX + 8];
   const char *pfx;
   size_t plen = enum_prefix(d, &pfx);
   unsigned i;
-  bool zero = eq_nocase(text, "unspecified");
+  bool zero = false;
 
   for (i = 0; i < d->n_value_names && !zero; i++) {
     const char *name = d->values_by_name[i].name;
@@ -840,6 +836,8 @@ static int parse_enum(const ProtobufCFieldDescriptor *f, const char *text,
       }
     }
   }
+  if (eq_nocase(text, "unspecified"))
+    zero = true;
   snprintf(what, sizeof(what), "\"%s\"", quote(q, sizeof(q), text));
   return enum_refused(d, zero, what, where, err, cap);
 }
@@ -1007,8 +1005,7 @@ static int parse_json_elem(const ProtobufCFieldDescriptor *f, const json_t *j,
     return parse_json_int(f, j, v, where, err, cap);
   case JSON_REAL:
     if (f->type == PROTOBUF_C_TYPE_FLOAT || f->type == PROTOBUF_C_TYPE_DOUBLE)
-      return put_real(f, json_real_value(j), v, "the number", where, err,
-                      cap);
+      return put_real(f, json_real_value(j), v, "the number", where, err, cap);
     if (is_signed32(f) || is_signed64(f) || is_unsigned32(f) ||
         is_unsigned64(f)) {
       seterr(err, cap, "%s: %g is not an integer", where, json_real_value(j));
@@ -1114,8 +1111,7 @@ static int set_json_field(ProtobufCMessage *m,
  * (unknown key), FIELDSYNC_EVALUE or FIELDSYNC_ENOMEM; fields before the
  * bad one stay set. */
 static int msg_from_json(ProtobufCMessage *m, const json_t *obj,
-                         const char *where, int depth, char *err,
-                         size_t cap) {
+                         const char *where, int depth, char *err, size_t cap) {
   char q[QUOTE_MAX + 4];
   void *it;
 
@@ -1138,8 +1134,7 @@ static int msg_from_json(ProtobufCMessage *m, const json_t *obj,
     if (json_object_iter_key_len(it) == strlen(key))
       f = protobuf_c_message_descriptor_get_field_by_name(m->descriptor, key);
     if (f == NULL) {
-      seterr(err, cap, "%s: no field \"%s\"", where,
-             quote(q, sizeof(q), key));
+      seterr(err, cap, "%s: no field \"%s\"", where, quote(q, sizeof(q), key));
       return FIELDSYNC_EFIELD;
     }
     snprintf(fw, sizeof(fw), "%s.%s", where, f->name);
@@ -1322,7 +1317,8 @@ static char *hex_of(const ProtobufCBinaryData *bd) {
 static json_t *int_json(int64_t x) {
   char buf[24];
 
-  if (sizeof(json_int_t) >= sizeof(int64_t))
+  if (sizeof(json_int_t) >= sizeof(int64_t) ||
+      (x >= INT32_MIN && x <= INT32_MAX))
     return json_integer((json_int_t)x);
   snprintf(buf, sizeof(buf), "%" PRId64, x);
   return json_string(buf);
@@ -1405,9 +1401,13 @@ json_t *fsc_fields_to_json(const ProtobufCMessage *m) {
       arr = json_array();
       if (arr == NULL)
         goto fail;
-      for (k = 0; k < n; k++)
-        if (json_array_append_new(arr, elem_json(f, base + k * elt_size(f))))
+      for (k = 0; k < n; k++) {
+        json_t *e = elem_json(f, base + k * elt_size(f));
+
+        /* Takes e (also on failure); a NULL e fails. */
+        if (json_array_append_new(arr, e) != 0)
           goto fail;
+      }
       v = arr;
       arr = NULL;
     } else {
@@ -1590,7 +1590,9 @@ void fsc_fields_describe(const ProtobufCMessageDescriptor *d,
     } else if (f->type == PROTOBUF_C_TYPE_BYTES) {
       hex = hex_digits(f);
       snprintf(type, sizeof(type), "%s%s", rep,
-               hex == 32 ? "id" : hex == 64 ? "sha256" : "hex");
+               hex == 32   ? "id"
+               : hex == 64 ? "sha256"
+                           : "hex");
     } else {
       snprintf(type, sizeof(type), "%s%s", rep, type_name(f));
     }

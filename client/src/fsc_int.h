@@ -39,7 +39,7 @@ enum fsc_stmt_id {
 struct fieldsync_db {
   sqlite3 *sql;
   sqlite3_stmt *st[FSC_ST_COUNT];
-  int64_t next_pending; /* cached meta next_pending; 0 = not loaded */
+  bool batch;           /* a fieldsync_batch_begin transaction is open */
   uint8_t replica[FSP_ID_LEN];
   struct fsp_limits lim;
   char errmsg[512];
@@ -66,7 +66,9 @@ int fsc_parse_id(fieldsync_db *db, const char *text, uint8_t id[16]);
 /* A new time-ordered record id: 48-bit ms timestamp, version 7, random. */
 int fsc_new_id(fieldsync_db *db, uint8_t id[16]);
 
-/* BEGIN IMMEDIATE / COMMIT / ROLLBACK with error reporting. */
+/* BEGIN IMMEDIATE / COMMIT / ROLLBACK with error reporting. Inside a
+ * caller's batch they become SAVEPOINT / RELEASE / ROLLBACK TO, so one
+ * operation fails alone and the batch stays open. */
 int fsc_begin(fieldsync_db *db);
 int fsc_commit(fieldsync_db *db);
 void fsc_rollback(fieldsync_db *db);

@@ -22,7 +22,7 @@ static const char *const stmt_sql[FSC_ST_COUNT] = {
         "FROM versions WHERE record = ?1",
     [FSC_ST_DELETE_VERSIONS] = "DELETE FROM versions WHERE record = ?1",
     [FSC_ST_DELETE_VERSION] =
-        "DELETE FROM versions WHERE record = ?1 AND hash = ?2",
+        "DELETE FROM versions WHERE record = ?1 AND hash = ?2 AND vv = ?3",
     [FSC_ST_INSERT_VERSION] =
         "INSERT INTO versions(record, hash, vv, deleted, payload, author, "
         "device_time_ms, pending) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -320,6 +320,20 @@ static int write_record_row(fieldsync_db *db, struct fsc_record *r) {
   rc = step_done(db, st, "writing a record");
   fsc_fields_free(msg);
   return rc;
+}
+
+/* Binds v's canonical encoding (copied by SQLite) to parameter idx. */
+static int bind_vv(fieldsync_db *db, sqlite3_stmt *st, int idx,
+                   const struct fsp_vv *v) {
+  size_t len = fsp_vv_encoded_size(v);
+  uint8_t *buf = fsp_malloc(len);
+
+  if (buf == NULL)
+    return fsc_err(db, FIELDSYNC_ENOMEM, "out of memory");
+  fsp_vv_encode(v, buf);
+  sqlite3_bind_blob(st, idx, buf, (int)len, SQLITE_TRANSIENT);
+  fsp_free(buf);
+  return 0;
 }
 
 static int insert_version(fieldsync_db *db, const uint8_t id[16],
@@ -680,7 +694,9 @@ static int apply_one(fieldsync_db *db, const Fieldsync__Change *c,
         goto done;
       sqlite3_bind_blob(st, 1, r.id, FSP_ID_LEN, SQLITE_STATIC);
       sqlite3_bind_blob(st, 2, r.v[i].hash, FSP_HASH_LEN, SQLITE_STATIC);
-      rc = step_done(db, st, "removing a superseded version");
+      rc = bind_vv(db, st, 3, &r.v[i].vv);
+      if (rc == 0)
+        rc = step_done(db, st, "removing a superseded version");
       if (rc != 0)
         goto done;
       version_close(&r.v[i]);

@@ -422,7 +422,7 @@ TEST(init_prints_replica_id) {
   OK(db, "init", "--name", "Tablet 7");
   TAKE_ID(id);
   before = snapshot(db);
-  ASSERT_STR_EQ(before, "[]");
+  ASSERT_STR_EQ(before, "[]\n");
   bytes1 = read_file(db, &n1);
   /* A second init refuses, whatever the name, and changes nothing. */
   FAILS(1, "already initialised", db, "init");

@@ -678,6 +678,56 @@ TEST(delete_vs_edit_is_a_conflict) {
   fieldsync_close(b);
 }
 
+/* Two replicas write the same content concurrently: two versions with one
+ * hash and different vectors. Both are kept; nothing gets stuck. */
+TEST(same_content_concurrently) {
+  const char *req[] = {"service_id", service_a, "text", "v1", NULL};
+  struct fsc_apply_stats st;
+  fieldsync_db *a;
+  fieldsync_db *b;
+  uint64_t seq = 0;
+  char id[33];
+  json_t *j;
+
+  setup_dir();
+  a = open_new("a.db");
+  b = open_new("b.db");
+  ASSERT_OK(add(a, "requirement", id, req));
+  relay(a, b, &seq, &st);
+  ASSERT_OK(edit(a, id, "status", "met"));
+  ASSERT_OK(edit(b, id, "status", "met"));
+  relay(a, b, &seq, &st);
+  ASSERT_EQ(st.conflicts, 1);
+  relay(b, a, &seq, &st);
+  ASSERT_EQ(st.conflicts, 1);
+  j = get(a, id);
+  ASSERT_EQ(json_array_size(json_object_get(j, "versions")), 2);
+  json_decref(j);
+  /* Keeping "either" (same hash) resolves it everywhere. */
+  j = get(a, id);
+  {
+    char prefix[13];
+    snprintf(prefix, sizeof(prefix), "%s",
+             json_string_value(json_object_get(
+                 json_array_get(json_object_get(j, "versions"), 0), "hash")));
+    ASSERT_EQ(fieldsync_resolve_keep(a, id, prefix), FIELDSYNC_EINVAL);
+    ASSERT(strstr(fieldsync_errmsg(a), "ambiguous") != NULL);
+  }
+  json_decref(j);
+  {
+    fieldsync_draft *d;
+    ASSERT_OK(fieldsync_draft_for_resolve(a, id, &d));
+    ASSERT_OK(fieldsync_resolve_with(a, id, d));
+    fieldsync_draft_free(d);
+  }
+  relay(a, b, &seq, &st);
+  j = get(b, id);
+  ASSERT(json_is_false(json_object_get(j, "conflict")));
+  json_decref(j);
+  fieldsync_close(a);
+  fieldsync_close(b);
+}
+
 TEST(outgoing_batches_in_order) {
   const char *obs[] = {"visit_id", visit_a, NULL};
   struct fsc_outgoing *o;
@@ -926,7 +976,56 @@ TEST(allocation_failures_are_clean) {
   fieldsync_close(db);
 }
 
+static size_t count_records(fieldsync_db *db) {
+  struct fieldsync_query q;
+  struct collect c;
+
+  memset(&q, 0, sizeof(q));
+  memset(&c, 0, sizeof(c));
+  q.include_deleted = 1;
+  ASSERT_OK(fieldsync_query(db, &q, collect_cb, &c));
+  return c.n;
+}
+
+TEST(batches) {
+  const char *ok[] = {"visit_id", visit_a, "standard_code", "OP12", NULL};
+  const char *bad[] = {"visit_id", visit_a, "judgement", "9", NULL};
+  char path[128];
+  fieldsync_db *db;
+  char id[33];
+  int i;
+
+  setup_dir();
+  db = open_new("batch.db");
+  ASSERT_EQ(fieldsync_batch_commit(db), FIELDSYNC_EINVAL);
+  ASSERT_EQ(fieldsync_batch_rollback(db), FIELDSYNC_EINVAL);
+  ASSERT_OK(fieldsync_batch_begin(db));
+  ASSERT_EQ(fieldsync_batch_begin(db), FIELDSYNC_EINVAL);
+  for (i = 0; i < 20; i++)
+    ASSERT_OK(add(db, "observation", id, ok));
+  ASSERT_EQ(add(db, "observation", id, bad), FIELDSYNC_EVALUE); /* alone */
+  ASSERT_OK(edit(db, id, "standard_code", "OP13"));
+  ASSERT_OK(fieldsync_batch_commit(db));
+  ASSERT_EQ(count_records(db), 20);
+
+  ASSERT_OK(fieldsync_batch_begin(db));
+  for (i = 0; i < 5; i++)
+    ASSERT_OK(add(db, "observation", id, ok));
+  ASSERT_OK(fieldsync_batch_rollback(db));
+  ASSERT_EQ(count_records(db), 20);
+
+  /* An uncommitted batch is gone after close. */
+  ASSERT_OK(fieldsync_batch_begin(db));
+  ASSERT_OK(add(db, "observation", id, ok));
+  fieldsync_close(db);
+  path_in(path, sizeof(path), "batch.db");
+  ASSERT_OK(fieldsync_open(path, 0, NULL, &db));
+  ASSERT_EQ(count_records(db), 20);
+  fieldsync_close(db);
+}
+
 TEST_LIST(TEST_ENTRY(open_create_and_reopen)
+          TEST_ENTRY(batches)
           TEST_ENTRY(open_refuses_bad_files)
           TEST_ENTRY(open_refuses_newer_schema)
           TEST_ENTRY(open_refuses_foreign_sqlite)
@@ -936,6 +1035,7 @@ TEST_LIST(TEST_ENTRY(open_create_and_reopen)
           TEST_ENTRY(concurrent_edits_become_siblings)
           TEST_ENTRY(resolve_with_new_content)
           TEST_ENTRY(delete_vs_edit_is_a_conflict)
+          TEST_ENTRY(same_content_concurrently)
           TEST_ENTRY(outgoing_batches_in_order)
           TEST_ENTRY(apply_is_atomic_with_cursor)
           TEST_ENTRY(import_csv_and_jsonl)

@@ -113,8 +113,9 @@ TEST(every_type_parses) {
   ASSERT_EQ(a->visit_id.len, 16);
   ASSERT_EQ(a->visit_id.data[0], 1);
   ASSERT_EQ(a->visit_id.data[15], 0x10);
-  ASSERT_OK(set(m, "sha256", "00112233445566778899AABBCCDDEEFF"
-                             "00112233445566778899aabbccddeeff"));
+  ASSERT_OK(set(m, "sha256",
+                "00112233445566778899AABBCCDDEEFF"
+                "00112233445566778899aabbccddeeff"));
   ASSERT_EQ(a->sha256.len, 32);
   ASSERT_EQ(a->sha256.data[10], 0xaa);
   /* enum: short, full and mixed-case names */
@@ -211,9 +212,8 @@ TEST(bad_values) {
   ASSERT_EQ(set(m, "judgement", "99999999999999999999999"), FIELDSYNC_EVALUE);
   ASSERT(strstr(err, "out of range") != NULL);
   ASSERT_EQ(set(m, "judgement", "-1"), FIELDSYNC_EVALUE);
-  ASSERT_STR_EQ(err,
-                "observation.judgement: \"-1\" is negative but uint32 is "
-                "unsigned");
+  ASSERT_STR_EQ(err, "observation.judgement: \"-1\" is negative but uint32 is "
+                     "unsigned");
   ASSERT_EQ(set(m, "judgement", "-"), FIELDSYNC_EVALUE);
   ASSERT_EQ(set(s, "places", "-0"), FIELDSYNC_EVALUE);
   ASSERT_EQ(set(s, "nursing", "maybe"), FIELDSYNC_EVALUE);
@@ -284,8 +284,8 @@ TEST(message_field_errors) {
   Fieldsync__Service *sv = (Fieldsync__Service *)s;
 
   ASSERT_EQ(set(s, "council_placements", "{\"council\":"), FIELDSYNC_EVALUE);
-  ASSERT(strncmp(err, "service.council_placements: bad JSON at column ",
-                 47) == 0);
+  ASSERT(strncmp(err, "service.council_placements: bad JSON at column ", 47) ==
+         0);
   ASSERT_EQ(set(s, "council_placements", "council=X"), FIELDSYNC_EVALUE);
   ASSERT(strncmp(err, "service.council_placements: bad JSON", 36) == 0);
   ASSERT_EQ(set(s, "council_placements", "[1]"), FIELDSYNC_EVALUE);
@@ -347,8 +347,8 @@ TEST(repeated_append_and_replace) {
   ASSERT_EQ(cn->abuse_types[1], FIELDSYNC__ABUSE_TYPE__ABUSE_FINANCIAL);
   ASSERT_EQ(set(c, "abuse_types", "unspecified"), FIELDSYNC_EVALUE);
   ASSERT_EQ(cn->n_abuse_types, 2);
-  ASSERT_OK(fsc_fields_set(c, "abuse_types", "physical", true, err,
-                           sizeof(err)));
+  ASSERT_OK(
+      fsc_fields_set(c, "abuse_types", "physical", true, err, sizeof(err)));
   ASSERT_EQ(cn->n_abuse_types, 1);
   ASSERT_EQ(cn->abuse_types[0], FIELDSYNC__ABUSE_TYPE__ABUSE_PHYSICAL);
 
@@ -403,7 +403,8 @@ TEST(nested_messages_from_text) {
   ProtobufCMessage *n = new_msg("interview_note");
   Fieldsync__InterviewNote *in = (Fieldsync__InterviewNote *)n;
 
-  ASSERT_OK(set(m, "council_placements", "{\"council\":\"X\",\"residents\":3}"));
+  ASSERT_OK(
+      set(m, "council_placements", "{\"council\":\"X\",\"residents\":3}"));
   ASSERT_OK(set(m, "council_placements",
                 " {\"council\":\"Leeds\", \"residents\":\"12\","
                 " \"as_of\":\"2007-04-01\"} "));
@@ -421,23 +422,26 @@ TEST(nested_messages_from_text) {
                 "{\"council\":\"Leeds\",\"residents\":12,"
                 "\"as_of\":\"2007-04-01\"}|{}");
 
-  ASSERT_OK(set(n, "themes", "{\"theme\":\"food\",\"sentiment\":\"positive\"}"));
-  ASSERT_OK(set(n, "themes", "{\"theme\":\"THEME_FEELING_SAFE\","
-                             "\"sentiment\":\"Negative\"}"));
+  ASSERT_OK(
+      set(n, "themes", "{\"theme\":\"food\",\"sentiment\":\"positive\"}"));
+  ASSERT_OK(set(n, "themes",
+                "{\"theme\":\"THEME_FEELING_SAFE\","
+                "\"sentiment\":\"Negative\"}"));
   ASSERT_EQ(in->n_themes, 2);
   ASSERT_EQ(in->themes[0]->theme, FIELDSYNC__THEME__THEME_FOOD);
   ASSERT_EQ(in->themes[0]->sentiment, FIELDSYNC__SENTIMENT__SENTIMENT_POSITIVE);
   ASSERT_EQ(in->themes[1]->theme, FIELDSYNC__THEME__THEME_FEELING_SAFE);
   ASSERT_EQ(in->themes[1]->sentiment, FIELDSYNC__SENTIMENT__SENTIMENT_NEGATIVE);
   ASSERT_EQ(set(n, "themes", "{\"theme\":\"smell\"}"), FIELDSYNC_EVALUE);
-  ASSERT(strncmp(err, "interview_note.themes.theme: \"smell\" is not one of "
-                      "food|activities|",
+  ASSERT(strncmp(err,
+                 "interview_note.themes.theme: \"smell\" is not one of "
+                 "food|activities|",
                  67) == 0);
   ASSERT_EQ(set(n, "themes", "{\"theme\":0}"), FIELDSYNC_EVALUE);
   ASSERT(strstr(err, "(unspecified)") != NULL);
   ASSERT_EQ(in->n_themes, 2);
-  ASSERT_OK(fsc_fields_set(n, "themes", "{\"theme\":2}", true, err,
-                           sizeof(err)));
+  ASSERT_OK(
+      fsc_fields_set(n, "themes", "{\"theme\":2}", true, err, sizeof(err)));
   ASSERT_EQ(in->n_themes, 1);
   ASSERT_EQ(in->themes[0]->theme, FIELDSYNC__THEME__THEME_ACTIVITIES);
   ASSERT_STR_EQ(json_of(n), "{\"themes\":[{\"theme\":\"activities\"}]}");
@@ -622,7 +626,8 @@ static void sample_text(const ProtobufCFieldDescriptor *f, int variant,
     snprintf(buf, cap, "%s", variant ? "18446744073709551615" : "42");
     break;
   case PROTOBUF_C_TYPE_INT64:
-    snprintf(buf, cap, "%s", variant ? "-1700000000000" : "9223372036854775807");
+    snprintf(buf, cap, "%s",
+             variant ? "-1700000000000" : "9223372036854775807");
     break;
   case PROTOBUF_C_TYPE_ENUM:
     ed = f->descriptor;
@@ -934,8 +939,7 @@ TEST(describe) {
   ASSERT(strstr(d.text, "council_placements=repeated message "
                         "CouncilPlacement (JSON object);") != NULL);
   d.text[0] = '\0';
-  fsc_fields_describe(fsp_payload_by_name("attachment")->desc, describe_cb,
-                      &d);
+  fsc_fields_describe(fsp_payload_by_name("attachment")->desc, describe_cb, &d);
   ASSERT(strstr(d.text, "sha256=sha256;size=uint64;") != NULL);
   d.text[0] = '\0';
   fsc_fields_describe(fsp_payload_by_name("visit")->desc, describe_cb, &d);
@@ -976,8 +980,7 @@ static unsigned fault_loop(int (*op)(void)) {
 /* Each op builds, edits and frees its own messages; on ENOMEM the
  * message must still be whole (it is freed, then checked by LSan). */
 static int op_set(void) {
-  const ProtobufCMessageDescriptor *d =
-      fsp_payload_by_name("service")->desc;
+  const ProtobufCMessageDescriptor *d = fsp_payload_by_name("service")->desc;
   ProtobufCMessage *m = fsc_fields_new(d);
   int rc = FIELDSYNC_ENOMEM;
 
@@ -1095,6 +1098,8 @@ TEST(alloc_failure_to_json_cell_pack) {
   fsc_fields_free(fault_msg);
 }
 
+/* One entry per line, which clang-format would reflow. */
+/* clang-format off */
 TEST_LIST(TEST_ENTRY(every_type_parses)
           TEST_ENTRY(bad_values)
           TEST_ENTRY(message_field_errors)
@@ -1113,3 +1118,4 @@ TEST_LIST(TEST_ENTRY(every_type_parses)
           TEST_ENTRY(alloc_failure_set)
           TEST_ENTRY(alloc_failure_from_json)
           TEST_ENTRY(alloc_failure_to_json_cell_pack))
+/* clang-format on */
