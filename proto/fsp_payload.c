@@ -297,7 +297,13 @@ static int check_message(const ProtobufCMessage *msg, const char *path,
 
 int fsp_payload_validate(const ProtobufCMessage *msg,
                          const struct fsp_limits *lim, struct fsp_error *err) {
-  return check_message(msg, msg->descriptor->short_name, lim, err);
+  const char *name = msg->descriptor->short_name;
+  size_t i;
+
+  for (i = 0; i < NCOLL; i++)
+    if (collections[i].desc == msg->descriptor)
+      name = collections[i].name;
+  return check_message(msg, name, lim, err);
 }
 
 int fsp_payload_decode(const struct fsp_collection *col, const uint8_t *payload,

@@ -67,7 +67,7 @@ struct cli_cmd {
 };
 
 /* The command table (cli_cmd.c), ending with a NULL name. */
-extern const struct cli_cmd cli_cmds[];
+extern const struct cli_cmd cli_cmd_table[];
 
 /* cli_args.c */
 
@@ -94,9 +94,15 @@ void cli_args_free(struct cli_args *a);
 int cli_args_split(const struct cli *cli, const char *arg, char **field,
                    const char **value);
 
+/* Prints the usage and help of one command, or of the tool (cmd NULL), to
+ * stdout. */
+void cli_args_help(const struct cli_cmd *cmd);
+
+/* cli_out.c */
+
 /* Prints a usage error "fieldsync: CMD: MESSAGE" and a hint to stderr and
  * returns CLI_EXIT_USAGE. cmd may be NULL (global). */
-int cli_usage_error(const char *cmd, const char *fmt, ...)
+int cli_out_usage(const char *cmd, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 2, 3)))
 #endif
@@ -104,7 +110,7 @@ int cli_usage_error(const char *cmd, const char *fmt, ...)
 
 /* Prints a runtime failure "fieldsync: CMD: MESSAGE" to stderr and
  * returns CLI_EXIT_FAIL. */
-int cli_fail(const struct cli *cli, const char *fmt, ...)
+int cli_out_fail(const struct cli *cli, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 2, 3)))
 #endif
@@ -112,12 +118,7 @@ int cli_fail(const struct cli *cli, const char *fmt, ...)
 
 /* Reports a library failure: "fieldsync: CMD: <fieldsync_errmsg>" (or the
  * code's text when there is no handle). Returns CLI_EXIT_FAIL. */
-int cli_lib_fail(const struct cli *cli, int rc);
-
-/* Prints the usage and help of one command, or of the tool (cmd NULL). */
-void cli_help(const struct cli_cmd *cmd, bool to_stderr);
-
-/* cli_out.c */
+int cli_out_libfail(const struct cli *cli, int rc);
 
 /* Writes n bytes to stdout; false on a write error (errno set). */
 bool cli_out_write(const char *buf, size_t n);

@@ -1,57 +1,15 @@
 /* SPDX-License-Identifier: MIT */
-/* Argument parsing, usage errors and help texts of the fieldsync tool. Bad
- * usage gets one line naming the problem and a hint to the command's help,
- * and exit status 2; failures of the library get one line and status 1. */
+/* Argument parsing and help texts of the fieldsync tool. Every command
+ * takes "--name VALUE"/"--name=VALUE" options anywhere among its
+ * positionals, "--" to end them, and -h/--help; a problem is reported once,
+ * naming the argument, before anything is opened. */
 #define _POSIX_C_SOURCE 200809L
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
-
-static void vreport(const char *cmd, const char *fmt, va_list ap) {
-  fputs("fieldsync: ", stderr);
-  if (cmd != NULL)
-    fprintf(stderr, "%s: ", cmd);
-  vfprintf(stderr, fmt, ap);
-  fputc('\n', stderr);
-}
-
-int cli_usage_error(const char *cmd, const char *fmt, ...) {
-  va_list ap;
-
-  va_start(ap, fmt);
-  vreport(cmd, fmt, ap);
-  va_end(ap);
-  if (cmd != NULL)
-    fprintf(stderr, "Try 'fieldsync %s --help'.\n", cmd);
-  else
-    fputs("Try 'fieldsync --help'.\n", stderr);
-  return CLI_EXIT_USAGE;
-}
-
-int cli_fail(const struct cli *cli, const char *fmt, ...) {
-  va_list ap;
-
-  va_start(ap, fmt);
-  vreport(cli->cmd, fmt, ap);
-  va_end(ap);
-  return CLI_EXIT_FAIL;
-}
-
-int cli_lib_fail(const struct cli *cli, int rc) {
-  const char *msg;
-
-  if (cli->db != NULL)
-    msg = fieldsync_errmsg(cli->db);
-  else
-    msg = fieldsync_strerror(rc);
-  if (msg == NULL || *msg == '\0')
-    msg = fieldsync_strerror(rc);
-  return cli_fail(cli, "%s", msg);
-}
 
 /* Finds option `name` (length len) among the command's options and the
  * ones every command has. Returns NULL when it is unknown. */
@@ -60,7 +18,7 @@ static const struct cli_opt *find_opt(const struct cli_cmd *cmd,
   static const struct cli_opt common[] = {
       {"help", NULL, CLI_OPT_HELP, "show this help"},
       {"db", "PATH", CLI_OPT_DB,
-       "the database (default: $FIELDSYNC_DB, else ./fieldsync.db)"},
+       "the database (default: $FIELDSYNC_DB or ./fieldsync.db)"},
       {NULL, NULL, 0, NULL},
   };
   const struct cli_opt *tables[2];
@@ -115,7 +73,7 @@ enum cli_parse cli_args_parse(struct cli *cli, const struct cli_cmd *cmd,
     }
     if (only_pos || !is_option(arg)) {
       if (out->npos >= cmd->max_pos) {
-        cli_usage_error(cmd->name, "unexpected argument '%s'", arg);
+        cli_out_usage(cmd->name, "unexpected argument '%s'", arg);
         goto usage;
       }
       out->pos[out->npos++] = arg;
@@ -124,7 +82,7 @@ enum cli_parse cli_args_parse(struct cli *cli, const struct cli_cmd *cmd,
       continue;
     }
     if (arg[1] != '-') {
-      cli_usage_error(cmd->name, "unknown option '%s'", arg);
+      cli_out_usage(cmd->name, "unknown option '%s'", arg);
       goto usage;
     }
     name = arg + 2;
@@ -132,11 +90,11 @@ enum cli_parse cli_args_parse(struct cli *cli, const struct cli_cmd *cmd,
     len = eq != NULL ? (size_t)(eq - name) : strlen(name);
     o = find_opt(cmd, name, len);
     if (o == NULL) {
-      cli_usage_error(cmd->name, "unknown option '--%.*s'", (int)len, name);
+      cli_out_usage(cmd->name, "unknown option '--%.*s'", (int)len, name);
       goto usage;
     }
     if (o->arg == NULL && eq != NULL) {
-      cli_usage_error(cmd->name, "option '--%s' takes no value", o->name);
+      cli_out_usage(cmd->name, "option '--%s' takes no value", o->name);
       goto usage;
     }
     if (o->arg != NULL) {
@@ -145,14 +103,14 @@ enum cli_parse cli_args_parse(struct cli *cli, const struct cli_cmd *cmd,
       } else if (i + 1 < argc && !is_option(argv[i + 1])) {
         value = argv[++i];
       } else {
-        cli_usage_error(cmd->name, "option '--%s' needs a value (%s)", o->name,
-                        o->arg);
+        cli_out_usage(cmd->name, "option '--%s' needs a value (%s)", o->name,
+                      o->arg);
         goto usage;
       }
     }
     if (o->id == CLI_OPT_DB) {
       if (*value == '\0') {
-        cli_usage_error(cmd->name, "option '--db' needs a path");
+        cli_out_usage(cmd->name, "option '--db' needs a path");
         goto usage;
       }
       cli->db_path = value;
@@ -162,7 +120,7 @@ enum cli_parse cli_args_parse(struct cli *cli, const struct cli_cmd *cmd,
     out->items[out->nitems++].value = value;
   }
   if (out->npos < cmd->min_pos) {
-    cli_usage_error(cmd->name, "missing %s", cmd->pos_names[out->npos]);
+    cli_out_usage(cmd->name, "missing %s", cmd->pos_names[out->npos]);
     goto usage;
   }
   return CLI_PARSE_OK;
@@ -188,12 +146,12 @@ int cli_args_split(const struct cli *cli, const char *arg, char **field,
   *field = NULL;
   *value = NULL;
   if (eq == NULL)
-    return cli_usage_error(cli->cmd, "'%s' is not FIELD=VALUE (no '=')", arg);
+    return cli_out_usage(cli->cmd, "'%s' is not FIELD=VALUE (no '=')", arg);
   if (eq == arg)
-    return cli_usage_error(cli->cmd, "'%s' has no field name before '='", arg);
+    return cli_out_usage(cli->cmd, "'%s' has no field name before '='", arg);
   *field = strndup(arg, (size_t)(eq - arg));
   if (*field == NULL)
-    return cli_fail(cli, "out of memory");
+    return cli_out_fail(cli, "out of memory");
   *value = eq + 1;
   return CLI_EXIT_OK;
 }
@@ -211,8 +169,8 @@ static void print_opts(FILE *f, const struct cli_opt *o) {
   }
 }
 
-void cli_help(const struct cli_cmd *cmd, bool to_stderr) {
-  FILE *f = to_stderr ? stderr : stdout;
+void cli_args_help(const struct cli_cmd *cmd) {
+  FILE *f = stdout;
   const struct cli_cmd *c;
 
   if (cmd != NULL) {
@@ -220,7 +178,7 @@ void cli_help(const struct cli_cmd *cmd, bool to_stderr) {
             cmd->synopsis, cmd->help);
     print_opts(f, cmd->opts);
     fprintf(f, "  %-18s  %s\n  %-18s  %s\n", "--db PATH",
-            "the database (default: $FIELDSYNC_DB, else ./fieldsync.db)",
+            "the database (default: $FIELDSYNC_DB or ./fieldsync.db)",
             "-h, --help", "show this help");
     return;
   }
@@ -231,7 +189,7 @@ void cli_help(const struct cli_cmd *cmd, bool to_stderr) {
         "requirements, recommendations, concerns and attachments.\n\n"
         "Commands:\n",
         f);
-  for (c = cli_cmds; c->name != NULL; c++)
+  for (c = cli_cmd_table; c->name != NULL; c++)
     fprintf(f, "  %-12s %s\n", c->name, c->summary);
   fputs("\nGlobal options (before the command):\n"
         "  --db PATH    the database (default: $FIELDSYNC_DB, else "

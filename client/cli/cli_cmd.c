@@ -60,23 +60,23 @@ static int open_failed(struct cli *cli, int rc, bool creating) {
 
   if (!creating && stat(cli->db_path, &st) != 0 && errno == ENOENT) {
     if (strcmp(cli->db_path, CLI_DEFAULT_DB) == 0)
-      ret = cli_fail(cli,
-                     "no database at %s (create one with 'fieldsync "
-                     "init')",
-                     cli->db_path);
+      ret = cli_out_fail(cli,
+                         "no database at %s (create one with 'fieldsync "
+                         "init')",
+                         cli->db_path);
     else
-      ret = cli_fail(cli,
-                     "no database at %s (create one with 'fieldsync "
-                     "--db %s init')",
-                     cli->db_path, cli->db_path);
+      ret = cli_out_fail(cli,
+                         "no database at %s (create one with 'fieldsync "
+                         "--db %s init')",
+                         cli->db_path, cli->db_path);
   } else {
     msg = cli->db != NULL ? fieldsync_errmsg(cli->db) : NULL;
     if (msg == NULL || *msg == '\0')
       msg = fieldsync_strerror(rc);
     if (strstr(msg, cli->db_path) != NULL)
-      ret = cli_fail(cli, "%s", msg);
+      ret = cli_out_fail(cli, "%s", msg);
     else
-      ret = cli_fail(cli, "%s: %s", cli->db_path, msg);
+      ret = cli_out_fail(cli, "%s: %s", cli->db_path, msg);
   }
   fieldsync_close(cli->db);
   cli->db = NULL;
@@ -125,7 +125,7 @@ static int apply_changes(struct cli *cli, const struct cli_args *a,
     if (it->id == OPT_CLEAR) {
       rc = fieldsync_draft_clear(d, it->value);
       if (rc != 0)
-        return cli_lib_fail(cli, rc);
+        return cli_out_libfail(cli, rc);
       continue;
     }
     if (it->id != CLI_OPT_POSITIONAL)
@@ -140,7 +140,7 @@ static int apply_changes(struct cli *cli, const struct cli_args *a,
     rc = fieldsync_draft_set(d, field, value);
     free(field);
     if (rc != 0)
-      return cli_lib_fail(cli, rc);
+      return cli_out_libfail(cli, rc);
   }
   return CLI_EXIT_OK;
 }
@@ -163,19 +163,19 @@ static int cmd_init(struct cli *cli, const struct cli_args *a) {
    * initialise an empty file); init must never reuse one, so look first. */
   if (stat(cli->db_path, &st) == 0) {
     if (S_ISREG(st.st_mode) && st.st_size == 0)
-      return cli_fail(cli,
-                      "%s exists but is empty; remove it to create a "
-                      "database there",
-                      cli->db_path);
+      return cli_out_fail(cli,
+                          "%s exists but is empty; remove it to create a "
+                          "database there",
+                          cli->db_path);
     rc = fieldsync_open(cli->db_path, 0, NULL, &cli->db);
     if (rc == 0) {
       fieldsync_replica_id(cli->db, hex);
-      return cli_fail(cli,
-                      "%s is already initialised (replica %s); not "
-                      "creating another database",
-                      cli->db_path, hex);
+      return cli_out_fail(cli,
+                          "%s is already initialised (replica %s); not "
+                          "creating another database",
+                          cli->db_path, hex);
     }
-    rc = cli_fail(
+    rc = cli_out_fail(
         cli, "%s already exists; not overwriting it: %s", cli->db_path,
         cli->db != NULL ? fieldsync_errmsg(cli->db) : fieldsync_strerror(rc));
     fieldsync_close(cli->db);
@@ -204,13 +204,13 @@ static int cmd_add(struct cli *cli, const struct cli_args *a) {
     return ret;
   rc = fieldsync_draft_new(cli->db, a->pos[0], &d);
   if (rc != 0)
-    return cli_lib_fail(cli, rc);
+    return cli_out_libfail(cli, rc);
   ret = apply_changes(cli, a, d);
   if (ret != CLI_EXIT_OK)
     goto done;
   rc = fieldsync_create(cli->db, d, id);
   if (rc != 0) {
-    ret = cli_lib_fail(cli, rc);
+    ret = cli_out_libfail(cli, rc);
     goto done;
   }
   printf("%s\n", id);
@@ -226,8 +226,8 @@ static int cmd_edit(struct cli *cli, const struct cli_args *a) {
   int rc;
 
   if (!has_changes(a))
-    return cli_usage_error(cli->cmd, "nothing to change (give FIELD=VALUE "
-                                     "or --clear FIELD)");
+    return cli_out_usage(cli->cmd, "nothing to change (give FIELD=VALUE "
+                                   "or --clear FIELD)");
   ret = check_assignments(cli, a);
   if (ret != CLI_EXIT_OK)
     return ret;
@@ -236,13 +236,13 @@ static int cmd_edit(struct cli *cli, const struct cli_args *a) {
     return ret;
   rc = fieldsync_draft_for_edit(cli->db, a->pos[0], &d);
   if (rc != 0)
-    return cli_lib_fail(cli, rc);
+    return cli_out_libfail(cli, rc);
   ret = apply_changes(cli, a, d);
   if (ret != CLI_EXIT_OK)
     goto done;
   rc = fieldsync_edit(cli->db, d);
   if (rc != 0)
-    ret = cli_lib_fail(cli, rc);
+    ret = cli_out_libfail(cli, rc);
 
 done:
   fieldsync_draft_free(d);
@@ -257,7 +257,7 @@ static int cmd_delete(struct cli *cli, const struct cli_args *a) {
     return ret;
   rc = fieldsync_delete(cli->db, a->pos[0]);
   if (rc != 0)
-    return cli_lib_fail(cli, rc);
+    return cli_out_libfail(cli, rc);
   return CLI_EXIT_OK;
 }
 
@@ -271,12 +271,12 @@ static int cmd_show(struct cli *cli, const struct cli_args *a) {
     return ret;
   rc = fieldsync_get_json(cli->db, a->pos[0], &json);
   if (rc != 0)
-    return cli_lib_fail(cli, rc);
+    return cli_out_libfail(cli, rc);
   if (opt_given(a, OPT_JSON)) {
     if (cli_out_write(json, strlen(json)))
       cli_out_write("\n", 1);
   } else if (!cli_out_record(json, err, sizeof(err))) {
-    ret = cli_fail(cli, "%s", err);
+    ret = cli_out_fail(cli, "%s", err);
   }
   fieldsync_free(json);
   return ret;
@@ -328,12 +328,12 @@ static int run_query(struct cli *cli, const struct fieldsync_query *q,
     cli_out_write("[", 1);
   rc = fieldsync_query(cli->db, q, list_cb, &s);
   if (rc == FIELDSYNC_ECALLBACK && s.write_failed)
-    return cli_fail(cli, "cannot write to standard output: %s",
-                    strerror(s.write_errno));
+    return cli_out_fail(cli, "cannot write to standard output: %s",
+                        strerror(s.write_errno));
   if (rc == FIELDSYNC_ECALLBACK && s.err[0] != '\0')
-    return cli_fail(cli, "%s", s.err);
+    return cli_out_fail(cli, "%s", s.err);
   if (rc != 0)
-    return cli_lib_fail(cli, rc);
+    return cli_out_libfail(cli, rc);
   if (json)
     cli_out_write(s.n > 0 ? "\n]\n" : "]\n", s.n > 0 ? 3 : 2);
   return CLI_EXIT_OK;
@@ -368,11 +368,11 @@ static int cmd_resolve(struct cli *cli, const struct cli_args *a) {
   int rc;
 
   if (keep != NULL && has_changes(a))
-    return cli_usage_error(cli->cmd, "give either --keep HASH or "
-                                     "FIELD=VALUE changes, not both");
+    return cli_out_usage(cli->cmd, "give either --keep HASH or "
+                                   "FIELD=VALUE changes, not both");
   if (keep == NULL && !has_changes(a))
-    return cli_usage_error(cli->cmd, "nothing to resolve with (give --keep "
-                                     "HASH or FIELD=VALUE)");
+    return cli_out_usage(cli->cmd, "nothing to resolve with (give --keep "
+                                   "HASH or FIELD=VALUE)");
   ret = check_assignments(cli, a);
   if (ret != CLI_EXIT_OK)
     return ret;
@@ -381,17 +381,17 @@ static int cmd_resolve(struct cli *cli, const struct cli_args *a) {
     return ret;
   if (keep != NULL) {
     rc = fieldsync_resolve_keep(cli->db, a->pos[0], keep);
-    return rc != 0 ? cli_lib_fail(cli, rc) : CLI_EXIT_OK;
+    return rc != 0 ? cli_out_libfail(cli, rc) : CLI_EXIT_OK;
   }
   rc = fieldsync_draft_for_resolve(cli->db, a->pos[0], &d);
   if (rc != 0)
-    return cli_lib_fail(cli, rc);
+    return cli_out_libfail(cli, rc);
   ret = apply_changes(cli, a, d);
   if (ret != CLI_EXIT_OK)
     goto done;
   rc = fieldsync_resolve_with(cli->db, a->pos[0], d);
   if (rc != 0)
-    ret = cli_lib_fail(cli, rc);
+    ret = cli_out_libfail(cli, rc);
 
 done:
   fieldsync_draft_free(d);
@@ -428,22 +428,22 @@ static int cmd_export(struct cli *cli, const struct cli_args *a) {
   } else if (strcmp(fmt, "csv") == 0) {
     format = FIELDSYNC_FORMAT_CSV;
   } else {
-    return cli_usage_error(cli->cmd, "unknown format '%s' (use json or csv)",
-                           fmt);
+    return cli_out_usage(cli->cmd, "unknown format '%s' (use json or csv)",
+                         fmt);
   }
   if (format == FIELDSYNC_FORMAT_CSV && collection == NULL)
-    return cli_usage_error(cli->cmd, "CSV export needs a COLLECTION (its "
-                                     "columns are that collection's fields)");
+    return cli_out_usage(cli->cmd, "CSV export needs a COLLECTION (its "
+                                   "columns are that collection's fields)");
   ret = open_db(cli);
   if (ret != CLI_EXIT_OK)
     return ret;
   memset(&s, 0, sizeof(s));
   rc = fieldsync_export(cli->db, collection, format, sink_cb, &s);
   if (rc == FIELDSYNC_ECALLBACK && s.failed)
-    return cli_fail(cli, "cannot write to standard output: %s",
-                    strerror(s.err));
+    return cli_out_fail(cli, "cannot write to standard output: %s",
+                        strerror(s.err));
   if (rc != 0)
-    return cli_lib_fail(cli, rc);
+    return cli_out_libfail(cli, rc);
   return CLI_EXIT_OK;
 }
 
@@ -456,7 +456,7 @@ static int cmd_import(struct cli *cli, const struct cli_args *a) {
     return ret;
   rc = fieldsync_import(cli->db, a->pos[0], a->pos[1], &n);
   if (rc != 0)
-    return cli_lib_fail(cli, rc);
+    return cli_out_libfail(cli, rc);
   printf("imported %zu record%s\n", n, n == 1 ? "" : "s");
   return CLI_EXIT_OK;
 }
@@ -474,7 +474,7 @@ static int cmd_fields(struct cli *cli, const struct cli_args *a) {
     return ret;
   rc = fieldsync_fields(cli->db, a->pos[0], field_cb, NULL);
   if (rc != 0)
-    return cli_lib_fail(cli, rc);
+    return cli_out_libfail(cli, rc);
   return CLI_EXIT_OK;
 }
 
@@ -492,16 +492,16 @@ static int cmd_help(struct cli *cli, const struct cli_args *a) {
   const struct cli_cmd *c;
 
   if (a->npos == 0) {
-    cli_help(NULL, false);
+    cli_args_help(NULL);
     return CLI_EXIT_OK;
   }
-  for (c = cli_cmds; c->name != NULL; c++) {
+  for (c = cli_cmd_table; c->name != NULL; c++) {
     if (strcmp(c->name, a->pos[0]) == 0) {
-      cli_help(c, false);
+      cli_args_help(c);
       return CLI_EXIT_OK;
     }
   }
-  return cli_usage_error(cli->cmd, "'%s' is not a command", a->pos[0]);
+  return cli_out_usage(cli->cmd, "'%s' is not a command", a->pos[0]);
 }
 
 /* ---- the table --------------------------------------------------------- */
@@ -527,8 +527,7 @@ static const struct cli_opt list_opts[] = {
     {NULL, NULL, 0, NULL},
 };
 static const struct cli_opt resolve_opts[] = {
-    {"keep", "HASH", OPT_KEEP,
-     "keep the version whose hash starts with HASH (8+ hex digits)"},
+    {"keep", "HASH", OPT_KEEP, "keep the version whose hash starts with HASH"},
     {"clear", "FIELD", OPT_CLEAR, "remove FIELD's value (may be repeated)"},
     {NULL, NULL, 0, NULL},
 };
@@ -541,7 +540,7 @@ static const char *const names_collection[] = {"COLLECTION", "FILE"};
 static const char *const names_id[] = {"ID"};
 static const char *const names_none[] = {NULL};
 
-const struct cli_cmd cli_cmds[] = {
+const struct cli_cmd cli_cmd_table[] = {
     {"init", "init [--name LABEL]",
      "create the database and print its replica id",
      "Creates a new database at the --db path and prints this replica's id\n"
@@ -583,8 +582,8 @@ const struct cli_cmd cli_cmds[] = {
      "\"hash\", \"deleted\", \"author\", \"time\", \"fields\"}]}.\n",
      json_opts, names_id, 1, 1, cmd_show},
     {"list",
-     "list [COLLECTION] [--visit ID] [--service ID] [--deleted] "
-     "[--json]",
+     "list [COLLECTION] [--visit ID] [--service ID]\n"
+     "                                  [--deleted] [--json]",
      "list records",
      "Lists records, one a line: id, collection, conflict and deletion\n"
      "marks, and the first few fields. COLLECTION, --visit and --service\n"

@@ -29,7 +29,7 @@ static bool is_command_option(const char *arg) {
     return false;
   arg += 2;
   len = strcspn(arg, "=");
-  for (c = cli_cmds; c->name != NULL; c++) {
+  for (c = cli_cmd_table; c->name != NULL; c++) {
     for (o = c->opts; o != NULL && o->name != NULL; o++) {
       if (strlen(o->name) == len && strncmp(o->name, arg, len) == 0)
         return true;
@@ -53,7 +53,7 @@ static int run(struct cli *cli, int argc, char **argv) {
       break;
     }
     if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
-      cli_help(NULL, false);
+      cli_args_help(NULL);
       return CLI_EXIT_OK;
     }
     if (strcmp(arg, "--version") == 0) {
@@ -61,42 +61,43 @@ static int run(struct cli *cli, int argc, char **argv) {
       return CLI_EXIT_OK;
     }
     if (strcmp(arg, "--db") == 0) {
-      if (i + 1 >= argc || argv[i + 1][0] == '\0')
-        return cli_usage_error(NULL, "option '--db' needs a path");
+      if (i + 1 >= argc || argv[i + 1][0] == '\0' ||
+          (argv[i + 1][0] == '-' && argv[i + 1][1] != '\0'))
+        return cli_out_usage(NULL, "option '--db' needs a path");
       cli->db_path = argv[i + 1];
       i += 2;
       continue;
     }
     if (strncmp(arg, "--db=", 5) == 0) {
       if (arg[5] == '\0')
-        return cli_usage_error(NULL, "option '--db' needs a path");
+        return cli_out_usage(NULL, "option '--db' needs a path");
       cli->db_path = arg + 5;
       i++;
       continue;
     }
     if (is_command_option(arg))
-      return cli_usage_error(NULL, "option '%s' goes after the command", arg);
-    return cli_usage_error(NULL, "unknown option '%s'", arg);
+      return cli_out_usage(NULL, "option '%s' goes after the command", arg);
+    return cli_out_usage(NULL, "unknown option '%s'", arg);
   }
   if (i >= argc)
-    return cli_usage_error(NULL, "no command given");
-  for (cmd = cli_cmds; cmd->name != NULL; cmd++) {
+    return cli_out_usage(NULL, "no command given");
+  for (cmd = cli_cmd_table; cmd->name != NULL; cmd++) {
     if (strcmp(cmd->name, argv[i]) == 0)
       break;
   }
   if (cmd->name == NULL)
-    return cli_usage_error(NULL, "'%s' is not a command", argv[i]);
+    return cli_out_usage(NULL, "'%s' is not a command", argv[i]);
   cli->cmd = cmd->name;
   switch (cli_args_parse(cli, cmd, argc - i - 1, argv + i + 1, &args)) {
   case CLI_PARSE_OK:
     break;
   case CLI_PARSE_HELP:
-    cli_help(cmd, false);
+    cli_args_help(cmd);
     return CLI_EXIT_OK;
   case CLI_PARSE_USAGE:
     return CLI_EXIT_USAGE;
   default:
-    return cli_fail(cli, "out of memory");
+    return cli_out_fail(cli, "out of memory");
   }
   ret = cmd->run(cli, &args);
   cli_args_free(&args);
@@ -116,8 +117,8 @@ int main(int argc, char **argv) {
     rc = fieldsync_close(cli.db);
     cli.db = NULL;
     if (rc != 0 && ret == CLI_EXIT_OK)
-      ret =
-          cli_fail(&cli, "closing %s: %s", cli.db_path, fieldsync_strerror(rc));
+      ret = cli_out_fail(&cli, "closing %s: %s", cli.db_path,
+                         fieldsync_strerror(rc));
   }
   if (cli_out_finish(&cli) != CLI_EXIT_OK && ret == CLI_EXIT_OK)
     ret = CLI_EXIT_FAIL;

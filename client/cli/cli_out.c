@@ -1,11 +1,12 @@
 /* SPDX-License-Identifier: MIT */
-/* Output of the fieldsync tool: writes to stdout with error checks, and the
- * readable forms of records (`show`, `list`) rendered from the library's
- * record JSON with jansson. Text from records is printed with control
- * characters escaped, so a field cannot move the cursor or recolour the
- * user's terminal. */
+/* Output of the fieldsync tool: one-line error reports on stderr, writes
+ * to stdout with error checks, and the readable forms of records (`show`,
+ * `list`) rendered from the library's record JSON with jansson. Text from
+ * records is printed with control characters escaped, so a field cannot move
+ * the cursor or recolour the user's terminal. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,48 @@
 /* How many hex digits of a content hash and of a replica id are shown. */
 #define HASH_SHOWN 12
 #define REPLICA_SHOWN 8
+
+static void vreport(const char *cmd, const char *fmt, va_list ap) {
+  fputs("fieldsync: ", stderr);
+  if (cmd != NULL)
+    fprintf(stderr, "%s: ", cmd);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+}
+
+int cli_out_usage(const char *cmd, const char *fmt, ...) {
+  va_list ap;
+
+  va_start(ap, fmt);
+  vreport(cmd, fmt, ap);
+  va_end(ap);
+  if (cmd != NULL)
+    fprintf(stderr, "Try 'fieldsync %s --help'.\n", cmd);
+  else
+    fputs("Try 'fieldsync --help'.\n", stderr);
+  return CLI_EXIT_USAGE;
+}
+
+int cli_out_fail(const struct cli *cli, const char *fmt, ...) {
+  va_list ap;
+
+  va_start(ap, fmt);
+  vreport(cli->cmd, fmt, ap);
+  va_end(ap);
+  return CLI_EXIT_FAIL;
+}
+
+int cli_out_libfail(const struct cli *cli, int rc) {
+  const char *msg;
+
+  if (cli->db != NULL)
+    msg = fieldsync_errmsg(cli->db);
+  else
+    msg = fieldsync_strerror(rc);
+  if (msg == NULL || *msg == '\0')
+    msg = fieldsync_strerror(rc);
+  return cli_out_fail(cli, "%s", msg);
+}
 
 bool cli_out_write(const char *buf, size_t n) {
   if (n == 0)
@@ -39,7 +82,8 @@ int cli_out_finish(const struct cli *cli) {
   if (fflush(stdout) != 0 || ferror(stdout)) {
     int e = errno != 0 ? errno : EIO;
 
-    return cli_fail(cli, "cannot write to standard output: %s", strerror(e));
+    return cli_out_fail(cli, "cannot write to standard output: %s",
+                        strerror(e));
   }
   return CLI_EXIT_OK;
 }

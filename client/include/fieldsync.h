@@ -69,7 +69,12 @@ FIELDSYNC_EXTERN const char *fieldsync_version_string(void);
   XX(FORMAT, -16, "bad input file")                                            \
   XX(EXISTS, -17, "already exists")                                            \
   XX(CALLBACK, -18, "stopped by the callback")                                 \
-  XX(INTERNAL, -19, "internal error")
+  XX(INTERNAL, -19, "internal error")                                          \
+  XX(NETWORK, -20, "network error")                                            \
+  XX(AUTH, -21, "server refused the device token")                             \
+  XX(PROTOCOL, -22, "server broke the protocol")                               \
+  XX(SERVER, -23, "server reported an error")                                  \
+  XX(TIMEOUT, -24, "network timeout")
 
 enum fieldsync_errno {
   FIELDSYNC_OK = 0,
@@ -224,7 +229,12 @@ FIELDSYNC_EXTERN int fieldsync_batch_rollback(fieldsync_db *db);
  * JSON of one record, in the stable shape documented in README.md:
  * {"collection", "id", "deleted", "conflict", "versions": [{"vv":
  * {"<replica hex>": counter}, "hash", "deleted", "author", "time",
- * "fields": {...}}]}. Versions are ordered display winner first.
+ * "pending", "fields": {...}}]}. "time" is the author's device clock as
+ * ISO 8601 UTC (informational); "author" is the writing replica's label
+ * (or null); "pending" is true for a local version no server has
+ * acknowledged yet. "replica_reuse": true is added when two versions share
+ * a vector (a replica id was reused). Versions are ordered display winner
+ * first; "deleted" is true when every version is a tombstone.
  * @param json_out receives a NUL-terminated string; free with fieldsync_free
  * @return 0, FIELDSYNC_ENOTFOUND, FIELDSYNC_EINVAL (bad id), ...
  */
@@ -262,8 +272,11 @@ typedef int (*fieldsync_write_cb)(const char *buf, size_t n, void *data);
 #define FIELDSYNC_FORMAT_CSV 2  /**< one row per record: id, then fields */
 
 /** Exports records (collection NULL: all; CSV needs a collection) through
- * write. CSV cells hold the display winner's fields (repeated fields joined
- * with "|", nested messages as JSON). @return 0, FIELDSYNC_EINVAL, ... */
+ * write. CSV has columns id, deleted, conflict, then the fields; cells hold
+ * the display winner's fields (repeated fields joined with "|", with "|"
+ * and "\\" inside a value escaped by "\\"; nested messages as JSON). A CSV
+ * export imports back with fieldsync_import (deleted rows are skipped).
+ * @return 0, FIELDSYNC_EINVAL, ... */
 FIELDSYNC_EXTERN int fieldsync_export(fieldsync_db *db, const char *collection,
                                       int format, fieldsync_write_cb write,
                                       void *data);
@@ -271,7 +284,9 @@ FIELDSYNC_EXTERN int fieldsync_export(fieldsync_db *db, const char *collection,
 /**
  * Imports records of one collection from a file: CSV (".csv"; header row =
  * field names; a repeated field's cell holds "|"-separated values; an "id"
- * column, if present, gives the record id) or JSON lines (".jsonl"/".json";
+ * column, if present, gives the record id; "deleted" and "conflict" columns
+ * from an export are understood, and rows with deleted=true skipped) or
+ * JSON lines (".jsonl"/".json";
  * one object of fields per line, optional "id"). The whole file is applied
  * in one transaction: a bad row stops the import, the message names its
  * line, and nothing from the file is kept.
@@ -292,6 +307,150 @@ FIELDSYNC_EXTERN int fieldsync_fields(fieldsync_db *db, const char *collection,
 
 /** Names of all collections, NULL-terminated, static. */
 FIELDSYNC_EXTERN const char *const *fieldsync_collections(void);
+
+/* ---- sync -------------------------------------------------------------- */
+
+/**
+ * Progress of a sync, called after each batch: phase is "push" or "pull",
+ * done counts the versions handled so far in that phase (pushed and
+ * answered, or refused before sending; pulled and applied), total is the
+ * number expected or 0 when unknown (the protocol does not tell how many
+ * are waiting, so it is 0 today). Called on the thread running the sync;
+ * it must not call into the db being synced.
+ */
+typedef void (*fieldsync_progress_cb)(const char *phase, size_t done,
+                                      size_t total, void *data);
+
+/**
+ * The server's answer for one pushed version, called once per version in
+ * the order they were made, after the answer is stored locally.
+ * @param collection the record's collection, e.g. "observation"
+ * @param id         the record id, 32 lowercase hex digits
+ * @param outcome    "applied" (stored), "already_known" (the server had
+ *                   it), "conflict" (stored beside a concurrent version),
+ *                   "stale" (stored in history; a newer version wins) or
+ *                   "refused" (not stored; it stays pending here and is
+ *                   sent again by the next sync)
+ * @param reason     NULL, except for "refused" (the server's error code
+ *                   name and text, e.g. "ERR_FORBIDDEN: not your visit",
+ *                   or why the library did not send it, e.g. a version
+ *                   larger than the server's limits) and for a "conflict"
+ *                   the server explains (replica-id reuse). Text from the
+ *                   server; valid during the call only.
+ * Called on the thread running the sync; it must not call into the db
+ * being synced.
+ */
+typedef void (*fieldsync_outcome_cb)(const char *collection, const char *id,
+                                     const char *outcome, const char *reason,
+                                     void *data);
+
+/** How to sync. Zero-initialise, then set server and token. */
+struct fieldsync_sync_opts {
+  const char *server; /**< "host:port", "192.0.2.7:7420", "[::1]:7420" */
+  const char *token;  /**< the device token (never logged or echoed) */
+  int timeout_ms;     /**< limit on each network wait; 0 means 30000 */
+  unsigned batch;     /**< versions per Push or Pull; 0 means 1000. The
+                           server's max_batch_records caps it */
+  fieldsync_progress_cb progress; /**< may be NULL */
+  void *progress_data;
+  fieldsync_outcome_cb outcome; /**< may be NULL */
+  void *outcome_data;
+};
+
+/** What a sync did. On failure it holds what was done before the failure
+ * (every counted push was acknowledged, every counted pull applied). */
+struct fieldsync_sync_stats {
+  size_t pushed;    /**< versions sent in Push batches */
+  size_t acked;     /**< of those, acknowledged (not refused) */
+  size_t conflicts; /**< of those, acknowledged as a conflict */
+  size_t refused;   /**< refused by the server or unsendable; still pending */
+  size_t pulled;    /**< versions received in Changes batches */
+  size_t applied;   /**< of those, new here (became current) */
+  size_t pull_conflicts; /**< of those, left their record in conflict */
+  uint64_t cursor;  /**< the pull cursor after the sync */
+};
+
+/**
+ * Syncs db with a server over one TCP session (proto/PROTOCOL.md): Hello,
+ * then pushes every local version the server has not acknowledged, in
+ * batches, then pulls the server's changes until it has no more, then Bye.
+ * Each pushed batch is recorded as acknowledged only after the server's
+ * PushAck (which it sends after its commit); each pulled batch is applied
+ * together with its new cursor in one local transaction. So a sync that
+ * fails or is killed at any point loses nothing and duplicates nothing:
+ * the next sync resends what was not acknowledged and refetches what was
+ * not applied. Versions the server refuses stay pending and are reported
+ * through opts->outcome.
+ *
+ * Plain TCP: run it inside a trusted network or a TLS tunnel (see the
+ * Security section of PROTOCOL.md). Resolving the host name is not bounded
+ * by timeout_ms.
+ *
+ * @param db    the database; no fieldsync_batch_begin() batch may be open
+ * @param opts  server, token, limits and callbacks (see the struct)
+ * @param stats receives the counts, also on failure (may be NULL)
+ * @return 0;
+ *   FIELDSYNC_EINVAL (NULL opts, missing token, "bad server address", an
+ *   open batch, negative timeout);
+ *   FIELDSYNC_ENETWORK (cannot resolve or connect, or the connection was
+ *   lost or closed early);
+ *   FIELDSYNC_ETIMEOUT (a network wait passed timeout_ms);
+ *   FIELDSYNC_EAUTH (the server refused the token);
+ *   FIELDSYNC_ESERVER (the server sent an Error; errmsg reads
+ *   "server: ERR_<CODE>: <its message>". ERR_STORAGE, ERR_TIMEOUT,
+ *   ERR_SHUTTING_DOWN and ERR_BUSY are transient: retry later, with backoff);
+ *   FIELDSYNC_EPROTOCOL (the server sent bytes or messages the protocol does
+ *   not allow);
+ *   or a local database error (FIELDSYNC_EIO, FIELDSYNC_EBUSY, ...).
+ *   fieldsync_errmsg(db) says what happened in one line.
+ *
+ * Threads and callbacks: the call blocks; progress and outcome callbacks
+ * run on the calling thread, during the call.
+ */
+FIELDSYNC_EXTERN int fieldsync_sync(fieldsync_db *db,
+                                    const struct fieldsync_sync_opts *opts,
+                                    struct fieldsync_sync_stats *stats);
+
+/** A sync running on its own thread (fieldsync_sync_start). */
+typedef struct fieldsync_sync_job fieldsync_sync_job;
+
+/** Called once when an asynchronous sync ends, on the sync's thread, with
+ * fieldsync_sync()'s result code and stats (valid during the call only).
+ * It may call fieldsync_errmsg(db) for the sync's db; after it returns the
+ * job's thread touches the db no more. */
+typedef void (*fieldsync_sync_done_cb)(int rc,
+                                       const struct fieldsync_sync_stats *stats,
+                                       void *data);
+
+/**
+ * Starts fieldsync_sync(db, opts, ...) on a new thread, for apps whose UI
+ * thread must not block. opts is copied (server and token included), so it
+ * need not outlive this call. The progress and outcome callbacks run on the
+ * job's thread. Until done has run, the caller must not use db; after that
+ * it may, from any one thread at a time.
+ * @param done called exactly once, on the job's thread, if this returns 0;
+ *             never if it returns an error
+ * @param data passed to done
+ * @param job  receives the job; pass it to fieldsync_sync_join() exactly
+ *             once (even after done has run), which frees it
+ * @return 0, FIELDSYNC_EINVAL (a NULL argument, or the options fail the
+ *         checks fieldsync_sync() makes first, such as a bad server
+ *         address; message in db), FIELDSYNC_ENOMEM (no memory, or the OS
+ *         refused a thread)
+ */
+FIELDSYNC_EXTERN int fieldsync_sync_start(fieldsync_db *db,
+                                          const struct fieldsync_sync_opts *opts,
+                                          fieldsync_sync_done_cb done,
+                                          void *data,
+                                          fieldsync_sync_job **job);
+
+/**
+ * Waits until the job's sync has ended and its done callback has returned,
+ * then frees the job. Must not be called from the done callback.
+ * @return the result code the job passed to done, or FIELDSYNC_EINVAL for
+ *         a NULL job
+ */
+FIELDSYNC_EXTERN int fieldsync_sync_join(fieldsync_sync_job *job);
 
 #ifdef __cplusplus
 }

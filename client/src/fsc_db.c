@@ -336,6 +336,22 @@ static int meta_put(fieldsync_db *db, const char *key, const void *blob,
   return rc == SQLITE_OK ? 0 : fsc_sqlerr(db, rc, "writing meta");
 }
 
+/* Loads the replica's label (the author of its local versions). */
+static int load_name(fieldsync_db *db) {
+  sqlite3_stmt *st = NULL;
+  int rc = sqlite3_prepare_v2(db->sql,
+                              "SELECT value FROM meta WHERE key = 'name'", -1,
+                              &st, NULL);
+
+  if (rc != SQLITE_OK)
+    return fsc_sqlerr(db, rc, "reading the replica name");
+  if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0) != NULL)
+    snprintf(db->name, sizeof(db->name), "%s",
+             (const char *)sqlite3_column_text(st, 0));
+  sqlite3_finalize(st);
+  return 0;
+}
+
 static int load_replica(fieldsync_db *db) {
   sqlite3_stmt *st = NULL;
   int rc = sqlite3_prepare_v2(
@@ -418,8 +434,8 @@ static int setup(fieldsync_db *db, bool create, const char *name) {
     rc = query_int(db, "SELECT count(*) FROM sqlite_master", &tables);
   if (rc != 0) {
     if (rc == FIELDSYNC_EINTERNAL || rc == FIELDSYNC_ENOTDB)
-      return fsc_err(db, FIELDSYNC_ENOTDB,
-                     "not a fieldsync database (%s)", db->errmsg);
+      return fsc_err(db, FIELDSYNC_ENOTDB, "not a fieldsync database (%s)",
+                     sqlite3_errmsg(db->sql));
     return rc;
   }
   if (version > FSC_SCHEMA_VERSION)
@@ -434,7 +450,7 @@ static int setup(fieldsync_db *db, bool create, const char *name) {
                    "tables)");
   if (version == 0 && !create)
     return fsc_err(db, FIELDSYNC_ENOTDB,
-                   "empty database (create it with fieldsync init)");
+                   "empty file, not a fieldsync database");
   rc = exec(db, "PRAGMA journal_mode = WAL", "enabling WAL");
   if (rc == 0)
     rc = exec(db, "PRAGMA synchronous = FULL", "setting durability");
@@ -445,7 +461,8 @@ static int setup(fieldsync_db *db, bool create, const char *name) {
     if (rc != 0)
       return rc;
   }
-  return load_replica(db);
+  rc = load_replica(db);
+  return rc == 0 ? load_name(db) : rc;
 }
 
 int fieldsync_open(const char *path, int flags, const char *name,
@@ -470,13 +487,24 @@ int fieldsync_open(const char *path, int flags, const char *name,
     if (S_ISDIR(sb.st_mode))
       return fsc_err(db, FIELDSYNC_ECANTOPEN, "%s is a directory", path);
   } else if (errno == ENOENT && !create) {
-    return fsc_err(db, FIELDSYNC_ECANTOPEN,
-                   "no database at %s (create it with fieldsync init)", path);
+    return fsc_err(db, FIELDSYNC_ECANTOPEN, "no database at %s", path);
   }
   if (create)
     oflags |= SQLITE_OPEN_CREATE;
   rc = sqlite3_open_v2(path, &db->sql, oflags, NULL);
+  if (rc == SQLITE_OK && create) {
+    /* SQLite opens lazily; touch the file now so an unwritable path fails
+     * here, with the OS's reason. */
+    rc = sqlite3_exec(db->sql, "PRAGMA user_version", NULL, NULL, NULL);
+  }
   if (rc != SQLITE_OK) {
+    int os = db->sql != NULL ? sqlite3_system_errno(db->sql) : 0;
+    if ((rc & 0xff) == SQLITE_NOTADB)
+      return fsc_err(db, FIELDSYNC_ENOTDB, "not a fieldsync database (%s)",
+                     sqlite3_errmsg(db->sql));
+    if (os != 0)
+      return fsc_err(db, FIELDSYNC_ECANTOPEN, "cannot open %s: %s", path,
+                     strerror(os));
     rc = fsc_sqlerr(db, rc, path);
     return rc == FIELDSYNC_EINTERNAL ? fsc_err(db, FIELDSYNC_ECANTOPEN,
                                                "cannot open %s", path)
@@ -485,8 +513,11 @@ int fieldsync_open(const char *path, int flags, const char *name,
   sqlite3_extended_result_codes(db->sql, 1);
   sqlite3_busy_timeout(db->sql, 5000);
   rc = setup(db, create, name);
-  if (rc == FIELDSYNC_ECANTOPEN)
-    fsc_err(db, rc, "cannot open %s: %s", path, db->errmsg);
+  if (rc == FIELDSYNC_ECANTOPEN) {
+    char why[sizeof(db->errmsg)];
+    snprintf(why, sizeof(why), "%s", db->errmsg); /* fsc_err writes errmsg */
+    fsc_err(db, rc, "cannot open %s: %s", path, why);
+  }
   if (rc == 0)
     db->errmsg[0] = '\0';
   return rc;

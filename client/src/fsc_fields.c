@@ -1552,9 +1552,22 @@ char *fsc_fields_cell(const ProtobufCMessage *m,
     size_t i;
 
     for (i = 0; i < n; i++) {
+      struct sbuf e = {NULL, 0, 0, false};
+      size_t k;
+
       if (i > 0)
         sb_add(&b, "|", 1);
-      elem_text(&b, f, base + i * elt_size(f));
+      /* Escape the separator (and the escape) inside each value. */
+      sb_add(&e, "", 0);
+      elem_text(&e, f, base + i * elt_size(f));
+      for (k = 0; !e.oom && k < e.len; k++) {
+        if (e.p[k] == '|' || e.p[k] == '\\')
+          sb_add(&b, "\\", 1);
+        sb_add(&b, &e.p[k], 1);
+      }
+      if (e.oom)
+        b.oom = true;
+      fsp_free(e.p);
     }
   } else if (single_present(m, f)) {
     elem_text(&b, f, (const char *)m + f->offset);

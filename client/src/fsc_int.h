@@ -40,6 +40,7 @@ struct fieldsync_db {
   sqlite3 *sql;
   sqlite3_stmt *st[FSC_ST_COUNT];
   bool batch;           /* a fieldsync_batch_begin transaction is open */
+  char name[128];       /* replica label: the author of local versions */
   uint8_t replica[FSP_ID_LEN];
   struct fsp_limits lim;
   char errmsg[512];

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Reading and bulk paths: one record as JSON, indexed queries, export as
  * JSON or CSV, and import from CSV or JSON lines in one transaction. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -266,7 +267,8 @@ static int read_all(fieldsync_db *db, const char *path, char **out,
 
   *out = NULL;
   if (f == NULL)
-    return fsc_err(db, FIELDSYNC_EIO, "cannot open %s", path);
+    return fsc_err(db, FIELDSYNC_EIO, "cannot open %s: %s", path,
+                   strerror(errno));
   for (;;) {
     size_t got;
     if (n + 65536 + 1 > cap) {
@@ -412,6 +414,7 @@ static int import_csv(fieldsync_db *db, const struct fsp_collection *col,
   char *p = text;
   int ncols;
   int id_col = -1;
+  int deleted_col = -1;
   int i;
   int rc;
 
@@ -426,6 +429,12 @@ static int import_csv(fieldsync_db *db, const struct fsp_collection *col,
       id_col = i;
       continue;
     }
+    if (strcmp(hdr[i], "deleted") == 0) {
+      deleted_col = i;
+      continue;
+    }
+    if (strcmp(hdr[i], "conflict") == 0)
+      continue; /* written by export; says nothing to keep */
     if (protobuf_c_message_descriptor_get_field_by_name(col->desc, hdr[i]) ==
         NULL)
       return fsc_err(db, FIELDSYNC_EFIELD, "line 1: %s has no field \"%.40s\"",
@@ -447,6 +456,8 @@ static int import_csv(fieldsync_db *db, const struct fsp_collection *col,
     if (n != ncols)
       return fsc_err(db, FIELDSYNC_EFORMAT, "%s: %d cells, header has %d",
                      where, n, ncols);
+    if (deleted_col >= 0 && strcmp(cells[deleted_col], "true") == 0)
+      continue; /* an exported tombstone: nothing to import */
     msg = fsc_fields_new(col->desc);
     if (msg == NULL)
       return fsc_err(db, FIELDSYNC_ENOMEM, "out of memory");
@@ -456,20 +467,27 @@ static int import_csv(fieldsync_db *db, const struct fsp_collection *col,
       char err[256];
       char *v = cells[i];
 
-      if (i == id_col || v[0] == '\0')
-        continue;
       f = protobuf_c_message_descriptor_get_field_by_name(col->desc, hdr[i]);
+      if (f == NULL || v[0] == '\0')
+        continue; /* id, deleted, conflict, or an empty cell */
       if (f->label == PROTOBUF_C_LABEL_REPEATED &&
           f->type != PROTOBUF_C_TYPE_MESSAGE) {
-        /* "a|b|c": one value each. */
+        /* "a|b\\|c": values split on unescaped "|", unescaped in place. */
         for (;;) {
-          char *bar = strchr(v, '|');
-          if (bar != NULL)
-            *bar = '\0';
+          char *r = v;
+          char *w = v;
+          bool last;
+          while (*r != '\0' && *r != '|') {
+            if (*r == '\\' && r[1] != '\0')
+              r++;
+            *w++ = *r++;
+          }
+          last = *r == '\0';
+          *w = '\0';
           rc = fsc_fields_set(msg, hdr[i], v, false, err, sizeof(err));
-          if (rc != 0 || bar == NULL)
+          if (rc != 0 || last)
             break;
-          v = bar + 1;
+          v = r + 1;
         }
       } else {
         rc = fsc_fields_set(msg, hdr[i], v, false, err, sizeof(err));

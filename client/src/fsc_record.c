@@ -48,7 +48,7 @@ static int draft_alloc(fieldsync_db *db, const struct fsp_collection *col,
 int fieldsync_draft_new(fieldsync_db *db, const char *collection,
                         fieldsync_draft **out) {
   const struct fsp_collection *col;
-  fieldsync_draft *d;
+  fieldsync_draft *d = NULL;
   int rc;
 
   if (db == NULL || out == NULL)
@@ -57,7 +57,7 @@ int fieldsync_draft_new(fieldsync_db *db, const char *collection,
   col = collection != NULL ? fsp_payload_by_name(collection) : NULL;
   if (col == NULL)
     return fsc_err(db, FIELDSYNC_ECOLLECTION,
-                   "unknown collection \"%.40s\" (see fieldsync collections)",
+                   "unknown collection \"%.40s\"",
                    collection != NULL ? collection : "(null)");
   rc = draft_alloc(db, col, DRAFT_NEW, &d);
   if (rc != 0)

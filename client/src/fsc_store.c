@@ -450,6 +450,13 @@ int fsc_store_put_local(fieldsync_db *db, struct fsc_record *r, bool deleted,
   }
   fsp_merge_hash(deleted, nv.payload, nv.len, nv.hash);
   nv.time_ms = fsc_os_now_ms();
+  if (db->name[0] != '\0') {
+    nv.author = fsp_strdup(db->name);
+    if (nv.author == NULL) {
+      rc = fsc_err(db, FIELDSYNC_ENOMEM, "out of memory");
+      goto fail;
+    }
+  }
   rc = next_pending(db, &nv.pending);
   if (rc != 0)
     goto fail;

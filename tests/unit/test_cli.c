@@ -13,7 +13,6 @@
 #include <ftw.h>
 #include <limits.h>
 #include <poll.h>
-#include <signal.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -36,15 +35,16 @@ struct buf {
 
 /* The outcome of the last run of the tool. */
 static struct {
-  int status; /* exit status, or 128 + signal */
+  int status;     /* exit status (a crash fails the test) */
+  struct buf cmd; /* the command line, for failure messages */
   struct buf out;
   struct buf err;
 } r;
 
 /* Extra settings of a run. */
 struct run_opts {
-  const char *cwd;    /* directory to run in, or NULL */
-  const char *stdout; /* file to write stdout to instead of a pipe */
+  const char *cwd;      /* directory to run in, or NULL */
+  const char *out_path; /* file for stdout instead of a pipe, or NULL */
 };
 
 static void buf_add(struct buf *b, const char *p, size_t n) {
@@ -77,6 +77,7 @@ static int run_ex(const struct run_opts *o, const char *db,
                   const char *const *args) {
   const char *argv[64];
   size_t n = 0;
+  size_t i;
   int out[2];
   int err[2];
   pid_t pid;
@@ -89,9 +90,17 @@ static int run_ex(const struct run_opts *o, const char *db,
     argv[n++] = "--db";
     argv[n++] = db;
   }
-  while (*args != NULL && n < 63)
-    argv[n++] = *args++;
+  for (; *args != NULL; args++) {
+    ASSERT_LT(n, 63);
+    argv[n++] = *args;
+  }
   argv[n] = NULL;
+  buf_reset(&r.cmd);
+  for (i = 0; i < n; i++) {
+    buf_add(&r.cmd, i == 0 ? "fieldsync" : " ", i == 0 ? 9 : 1);
+    if (i > 0)
+      buf_add(&r.cmd, argv[i], strlen(argv[i]));
+  }
   buf_reset(&r.out);
   buf_reset(&r.err);
   ASSERT_OK(pipe(out));
@@ -103,18 +112,21 @@ static int run_ex(const struct run_opts *o, const char *db,
   if (pid == 0) {
     int null = open("/dev/null", O_RDONLY);
 
-    if (o != NULL && o->stdout != NULL) {
-      int f = open(o->stdout, O_WRONLY);
+    if (o != NULL && o->out_path != NULL) {
+      int f = open(o->out_path, O_WRONLY);
 
       if (f < 0)
         _exit(126);
       dup2(f, 1);
+      close(f);
     } else {
       dup2(out[1], 1);
     }
     dup2(err[1], 2);
-    if (null >= 0)
+    if (null >= 0) {
       dup2(null, 0);
+      close(null);
+    }
     close(out[0]);
     close(out[1]);
     close(err[0]);
@@ -128,11 +140,10 @@ static int run_ex(const struct run_opts *o, const char *db,
   close(err[1]);
   pfd[0].fd = out[0];
   pfd[1].fd = err[0];
-  pfd[0].events = pfd[1].events = POLLIN;
+  pfd[0].events = POLLIN;
+  pfd[1].events = POLLIN;
   open_fds = 2;
   while (open_fds > 0) {
-    int i;
-
     if (poll(pfd, 2, -1) < 0) {
       ASSERT(errno == EINTR);
       continue;
@@ -156,15 +167,15 @@ static int run_ex(const struct run_opts *o, const char *db,
   while (waitpid(pid, &status, 0) < 0)
     ASSERT(errno == EINTR);
   if (WIFSIGNALED(status))
-    test_fail(__FILE__, __LINE__, "%s %s: killed by signal %d; stderr:\n%s",
-              argv[n > 3 ? 3 : n - 1], db != NULL ? db : "", WTERMSIG(status),
-              r.err.p);
+    test_fail(__FILE__, __LINE__, "%s: killed by signal %d; stderr:\n%s",
+              r.cmd.p, WTERMSIG(status), r.err.p);
   r.status = WEXITSTATUS(status);
   if (r.status == 126 || r.status == 127)
     test_fail(__FILE__, __LINE__, "could not run %s", cli_path);
   if (strstr(r.err.p, "Sanitizer") != NULL ||
       strstr(r.err.p, "runtime error:") != NULL)
-    test_fail(__FILE__, __LINE__, "sanitizer report:\n%s", r.err.p);
+    test_fail(__FILE__, __LINE__, "%s: sanitizer report:\n%s", r.cmd.p,
+              r.err.p);
   return r.status;
 }
 
@@ -174,8 +185,8 @@ static int run(const char *db, const char *const *args) {
 
 /* Describes the last run for failure messages. */
 #define RUN_FAIL(line, what)                                                   \
-  test_fail(__FILE__, (line), "%s: exit %d\n# stdout: %s\n# stderr: %s",       \
-            (what), r.status, r.out.p, r.err.p)
+  test_fail(__FILE__, (line), "%s\n# %s: exit %d\n# stdout: %s\n# stderr: %s", \
+            (what), r.cmd.p, r.status, r.out.p, r.err.p)
 
 /* Expects success and a quiet stderr. */
 #define OK(db, ...) ok_(__LINE__, (db), ARGS(__VA_ARGS__))
@@ -240,7 +251,8 @@ static void fails_(int line, int status, const char *want, const char *db,
     RUN_FAIL(line, "expected a complete line on stderr");
   if (want != NULL &&
       (strstr(r.err.p, want) == NULL || strstr(r.err.p, want) > nl))
-    test_fail(__FILE__, line, "expected '%s' in the message; stderr: %s", want,
+    test_fail(__FILE__, line,
+              "expected '%s' in the message\n# %s\n# stderr: %s", want, r.cmd.p,
               r.err.p);
   if (status == 1 && nl[1] != '\0')
     RUN_FAIL(line, "expected exactly one line on stderr");
@@ -249,11 +261,13 @@ static void fails_(int line, int status, const char *want, const char *db,
        strchr(nl + 1, '\n') == NULL || strchr(nl + 1, '\n')[1] != '\0'))
     RUN_FAIL(line, "expected the message and one hint line");
   if (before != NULL) {
+    char *cmd = strdup(r.cmd.p);
     char *after = snapshot(guard_db);
 
     if (strcmp(before, after) != 0)
-      test_fail(__FILE__, line, "the database changed:\n%s\n---\n%s", before,
-                after);
+      test_fail(__FILE__, line, "%s changed the database:\n%s\n---\n%s",
+                cmd != NULL ? cmd : "?", before, after);
+    free(cmd);
     free(after);
     free(before);
   }
@@ -320,8 +334,12 @@ static char *read_file(const char *path, size_t *n) {
 
   ASSERT(fd >= 0);
   buf_reset(&b);
-  while ((got = read(fd, chunk, sizeof(chunk))) > 0)
+  for (;;) {
+    got = read(fd, chunk, sizeof(chunk));
+    if (got <= 0)
+      break;
     buf_add(&b, chunk, (size_t)got);
+  }
   ASSERT(got == 0);
   close(fd);
   *n = b.n;
@@ -914,6 +932,58 @@ TEST(import_bad_row) {
   ASSERT_EQ(count_ids(r.out.p, NULL), 1);
 }
 
+/* What `export --format csv` writes, `import` reads back: the header
+ * promises "id, then fields", so the same records with the same fields
+ * arrive in a new database. */
+TEST(csv_export_reimports) {
+  char dir[PATH_MAX];
+  char a[PATH_MAX];
+  char b[PATH_MAX];
+  char path[PATH_MAX];
+  char visit[33];
+  char obs[33];
+  char vid[64];
+  json_t *ja;
+  json_t *jb;
+  json_t *rec;
+  size_t i;
+
+  new_dir(dir, sizeof(dir));
+  path_in(a, sizeof(a), dir, "a.db");
+  path_in(b, sizeof(b), dir, "b.db");
+  OK(a, "init");
+  OK(b, "init");
+  ADD(a, visit, "visit");
+  snprintf(vid, sizeof(vid), "visit_id=%s", visit);
+  ADD(a, obs, "observation", vid, "standard_code=OP9", "judgement=2",
+      "case_refs=C1", "case_refs=C2",
+      "evidence_text=Said \"fine\", mostly\nand more");
+  ADD(a, obs, "observation", vid, "standard_code=OP10");
+  OK(a, "export", "--format", "csv", "observation");
+  make_file(path, sizeof(path), dir, "obs.csv", r.out.p);
+  OK(b, "import", "observation", path);
+  ASSERT_STR_EQ(r.out.p, "imported 2 records\n");
+
+  OK(a, "list", "observation", "--json");
+  ja = parse(r.out.p);
+  OK(b, "list", "observation", "--json");
+  jb = parse(r.out.p);
+  ASSERT_EQ(json_array_size(ja), json_array_size(jb));
+  json_array_foreach(ja, i, rec) {
+    json_t *other = json_array_get(jb, i);
+
+    ASSERT(
+        json_equal(json_object_get(rec, "id"), json_object_get(other, "id")));
+    ASSERT(json_equal(
+        json_object_get(json_array_get(json_object_get(rec, "versions"), 0),
+                        "fields"),
+        json_object_get(json_array_get(json_object_get(other, "versions"), 0),
+                        "fields")));
+  }
+  json_decref(ja);
+  json_decref(jb);
+}
+
 /* Fails the test unless path's bytes equal want (n bytes). */
 static void same_bytes(const char *path, const char *want, size_t n) {
   size_t got_n;
@@ -956,7 +1026,7 @@ static void refuses(const char *path, const char *want) {
   FAILS(1, want, path, "show", "0123456789abcdef0123456789abcdef");
   FAILS(1, want, path, "export");
   FAILS(1, want, path, "conflicts");
-  FAILS(1, "already exists", path, "init");
+  FAILS(1, "exists", path, "init");
   same_bytes(path, bytes, n);
   free(bytes);
 }
@@ -978,10 +1048,12 @@ TEST(bad_database_files) {
   for (i = 0; i < 100; i++)
     strncat(text, "This is not a database, just notes.\n",
             sizeof(text) - strlen(text) - 1);
-  refuses(make_file(path, sizeof(path), dir, "notes.db", text), "database");
+  refuses(make_file(path, sizeof(path), dir, "notes.db", text),
+          "not a fieldsync database");
 
   /* An empty file is not quietly made into a database. */
   refuses(make_file(path, sizeof(path), dir, "empty.db", ""), NULL);
+  FAILS(1, "empty", path, "init");
 
   /* A database with garbage over most of its first page. */
   path_in(path, sizeof(path), dir, "corrupt.db");
@@ -1001,14 +1073,17 @@ TEST(bad_database_files) {
   FAILS(1, NULL, path, "add", "visit");
   FAILS(1, "already exists", path, "init");
 
-  /* Paths where no database can be made. */
-  FAILS(1, NULL, "/proc/x.db", "init");
+  /* Paths where no database can be made. A failed init names the path
+   * and does not suggest running init. */
+  FAILS(1, "/proc/x.db", "/proc/x.db", "init");
+  ASSERT(strstr(r.err.p, "create one") == NULL);
   FAILS(1, NULL, "/proc/x.db", "list");
   path_in(path, sizeof(path), dir, "no/such/dir/x.db");
-  FAILS(1, NULL, path, "init");
+  FAILS(1, path, path, "init");
+  ASSERT(strstr(r.err.p, "create one") == NULL);
   FAILS(1, "init", path, "list");
   path_in(path, sizeof(path), dir, "notes.db/x.db");
-  FAILS(1, NULL, path, "init");
+  FAILS(1, path, path, "init");
   ASSERT(stat(path, &st) != 0);
 
   /* A database from a newer schema: PRAGMA user_version is the 4-byte
@@ -1019,6 +1094,24 @@ TEST(bad_database_files) {
   no_wal(path);
   poke(path, 60, newer, 4);
   refuses(path, "newer");
+}
+
+/* The message for a file that is not a database says so once, cleanly
+ * (it once came out as "not a fieldsync database (not a fieldsync database
+ * ( is not a database)"). */
+TEST(not_a_database_message) {
+  char dir[PATH_MAX];
+  char path[PATH_MAX];
+  const char *hit;
+
+  new_dir(dir, sizeof(dir));
+  make_file(path, sizeof(path), dir, "notes.db",
+            "These are notes, not a database; long enough to have a "
+            "header's worth of bytes in them, which SQLite reads first.\n");
+  FAILS(1, "not a fieldsync database", path, "list");
+  hit = strstr(r.err.p, "not a fieldsync database");
+  ASSERT(strstr(hit + 1, "not a fieldsync database") == NULL);
+  ASSERT(strstr(r.err.p, "( ") == NULL);
 }
 
 TEST(bad_ids) {
@@ -1047,7 +1140,7 @@ TEST(bad_ids) {
     FAILS(1, "show: ", db, "show", bad[i]);
     FAILS(1, "edit: ", db, "edit", bad[i], "kind=key");
     FAILS(1, "delete: ", db, "delete", bad[i]);
-    FAILS(1, "list: ", db, "list", "--visit", bad[i][0] ? bad[i] : "x");
+    FAILS(1, "list: ", db, "list", "--visit", bad[i]);
   }
   FAILS(1, "list: ", db, "list", "--service", "nothex");
   guard_db = NULL;
@@ -1233,11 +1326,14 @@ static const struct test_entry entries[] = {
         TEST_ENTRY(default_database_paths) TEST_ENTRY(add_show) TEST_ENTRY(
             list_and_filters) TEST_ENTRY(edit_record) TEST_ENTRY(delete_record)
             TEST_ENTRY(export_json_csv) TEST_ENTRY(import_files)
-                TEST_ENTRY(import_bad_row) TEST_ENTRY(bad_database_files)
-                    TEST_ENTRY(bad_ids) TEST_ENTRY(bad_fields_values)
-                        TEST_ENTRY(usage_errors) TEST_ENTRY(help_everywhere)
-                            TEST_ENTRY(conflicts_without_sync)
-                                TEST_ENTRY(fields_and_collections)};
+                TEST_ENTRY(import_bad_row) TEST_ENTRY(csv_export_reimports)
+                    TEST_ENTRY(bad_database_files)
+                        TEST_ENTRY(not_a_database_message) TEST_ENTRY(bad_ids)
+                            TEST_ENTRY(bad_fields_values)
+                                TEST_ENTRY(usage_errors)
+                                    TEST_ENTRY(help_everywhere)
+                                        TEST_ENTRY(conflicts_without_sync)
+                                            TEST_ENTRY(fields_and_collections)};
 
 /* Like TEST_LIST's main, but the first argument may be the binary under
  * test (it contains a '/'; test names never do). */

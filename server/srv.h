@@ -1,0 +1,193 @@
+/* SPDX-License-Identifier: MIT */
+/* fieldsyncd internals: the server state (one struct srv, reached through
+ * handle->data), connections, jobs handed to the writer thread and the
+ * worker pool, configuration and logging. */
+#ifndef SRV_H
+#define SRV_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "fsp_frame.h"
+#include "fsp_msg.h"
+#include "srv_store.h"
+
+#define SRV_VERSION "fieldsyncd/0.1.0"
+
+/* ---- configuration (srv_config.c) -------------------------------------- */
+
+struct srv_config {
+  char db_path[1024];
+  char host[256];
+  int port;                      /* 0: any free port */
+  unsigned max_connections;
+  uint32_t max_frame;
+  uint32_t max_batch;
+  unsigned handshake_timeout_ms; /* Hello must arrive (and auth finish) */
+  unsigned idle_timeout_ms;      /* between requests */
+  size_t max_write_queue;        /* bytes queued to one peer */
+  unsigned readers;              /* reader connections for workers */
+  bool quiet;                    /* log warnings and errors only */
+};
+
+void srv_config_default(struct srv_config *c);
+/* Parses argv (flags override a --config file). Prints usage and returns
+ * 1 for --help; returns -1 with a message on stderr for bad input. */
+int srv_config_parse(struct srv_config *c, int argc, char **argv);
+
+/* ---- logging (srv_log.c): one line per event on stderr ----------------- */
+
+enum srv_log_level { SRV_DEBUG, SRV_INFO, SRV_WARN, SRV_ERROR };
+void srv_log_init(bool quiet);
+void srv_log(enum srv_log_level level, const char *event, const char *fmt,
+             ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+/* ---- jobs -------------------------------------------------------------- */
+
+enum srv_job_kind { SRV_JOB_AUTH, SRV_JOB_PUSH, SRV_JOB_PULL };
+
+struct srv_conn;
+
+/* Work done off the loop for one connection. The loop thread owns a job
+ * until it is queued; the worker or writer fills in the result; the loop
+ * thread finishes it (srv_conn_job_done) and frees it. */
+struct srv_job {
+  enum srv_job_kind kind;
+  struct srv *srv;
+  struct srv_conn *conn;
+  struct srv_job *next;          /* writer queues */
+  uv_work_t work;                /* worker pool */
+  /* input */
+  char token[FSP_DEFAULT_MAX_STRING + 1];
+  struct srv_identity who;
+  struct fsp_msg msg;            /* Push: the decoded envelope */
+  uint64_t cursor;               /* Pull */
+  uint32_t max_records;          /* Pull */
+  /* output */
+  int rc;                        /* 0 or an SRV_STORE_E* code */
+  char err[200];
+  uint8_t *frame;                /* the reply frame, fsp_malloc */
+  size_t frame_len;
+  size_t records;                /* changes pushed or pulled */
+  size_t conflicts;
+  size_t refused;
+};
+
+void srv_job_free(struct srv_job *job);
+
+/* ---- connections (srv_conn.c) ------------------------------------------ */
+
+enum srv_conn_state {
+  CONN_HELLO,   /* waiting for Hello */
+  CONN_AUTH,    /* token check in flight */
+  CONN_READY,   /* waiting for a request */
+  CONN_BUSY,    /* a request is in flight; not reading */
+  CONN_CLOSING  /* closing; freed in close_cb */
+};
+
+struct srv_conn {
+  uv_tcp_t tcp;                 /* first: the handle's data is the conn */
+  struct srv *srv;
+  enum srv_conn_state state;
+  uint64_t id;
+  char peer[64];
+  struct fsp_frame_decoder dec;
+  uint8_t *pending;             /* bytes read while busy, not yet fed */
+  size_t pending_len;
+  size_t write_queue;           /* bytes handed to uv_write, not done */
+  bool reading;
+  bool close_after_write;       /* failing: an Error is on its way out */
+  bool close_requested;         /* uv_close called */
+  bool job_in_flight;
+  bool draining;                /* server shutting down */
+  uint64_t deadline;            /* uv_now() ms; 0 = none */
+  struct srv_identity who;
+  bool authed;
+  uint64_t records_in;
+  uint64_t records_out;
+  struct srv_conn *prev;
+  struct srv_conn *next;
+};
+
+/* Accepts a pending connection on the listener. */
+void srv_conn_accept(struct srv *srv);
+/* Finishes a job on the loop thread: sends its reply and moves the
+ * connection on. May close the connection. Frees the job. */
+void srv_conn_job_done(struct srv_job *job);
+/* Checks deadlines (housekeeping timer). */
+void srv_conn_sweep(struct srv *srv);
+/* Tells every connection the server is stopping. */
+void srv_conn_drain_all(struct srv *srv);
+
+/* ---- the writer thread (srv_writer.c) ---------------------------------- */
+
+struct srv_writer {
+  uv_thread_t thread;
+  uv_mutex_t lock;
+  uv_cond_t cond;
+  struct srv_job *queue;        /* waiting for the next transaction */
+  struct srv_job *queue_tail;
+  struct srv_job *done;         /* finished, for the loop thread */
+  struct srv_job *done_tail;
+  uv_async_t async;             /* wakes the loop for done jobs */
+  struct srv_store_conn *conn;
+  bool stop;
+  bool started;
+  uint64_t commits;
+  uint64_t batches;
+};
+
+int srv_writer_start(struct srv *srv);
+/* Queues a push job (loop thread). */
+void srv_writer_submit(struct srv *srv, struct srv_job *job);
+/* Stops the thread after the queue drains (loop thread). */
+void srv_writer_stop(struct srv *srv);
+
+/* ---- reader connections for the worker pool (srv_loop.c) --------------- */
+
+struct srv_store_conn *srv_reader_take(struct srv *srv);
+void srv_reader_give(struct srv *srv, struct srv_store_conn *c);
+
+/* ---- the server -------------------------------------------------------- */
+
+struct srv_stats {
+  uint64_t sessions;      /* authenticated sessions opened */
+  uint64_t connections;   /* currently open */
+  uint64_t records_in;
+  uint64_t records_out;
+  uint64_t conflicts;
+  uint64_t refused;
+  uint64_t errors;        /* protocol and storage errors */
+};
+
+struct srv {
+  uv_loop_t *loop;
+  struct srv_config cfg;
+  struct fsp_limits lim;
+  struct srv_store *store;
+  uint8_t server_id[16];
+  uv_tcp_t listener;
+  uv_signal_t sigint;
+  uv_signal_t sigterm;
+  uv_timer_t cron;
+  struct srv_writer writer;
+  uv_mutex_t readers_lock;
+  uv_cond_t readers_cond;
+  struct srv_store_conn **readers;
+  size_t nreaders_free;
+  size_t nreaders;
+  struct srv_conn *conns;
+  uint64_t next_conn_id;
+  unsigned jobs_in_pool;
+  bool stopping;
+  struct srv_stats stats;
+};
+
+#endif

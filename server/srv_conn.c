@@ -1,0 +1,665 @@
+/* SPDX-License-Identifier: MIT */
+/* One connection: an explicit state machine over the proto/ framing and
+ * validation. HELLO -> AUTH -> READY <-> BUSY -> CLOSING. A request puts
+ * the connection in BUSY and reading stops until its reply is queued
+ * (backpressure), and stays stopped while too much is queued to the peer.
+ * A protocol error sends Error, logs one line with a bounded dump of the
+ * bad bytes, and closes this connection only. A connection is freed only
+ * in its close_cb, and never while a job still refers to it. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "srv.h"
+
+/* One read buffer for the whole loop: libuv calls alloc_cb and read_cb
+ * back to back for one connection, and read_cb consumes or copies every
+ * byte before returning, so idle connections cost no buffer. */
+static char read_buf[64 * 1024];
+static bool read_buf_busy;
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void process(struct srv_conn *c, const uint8_t *data, size_t len);
+
+struct write_req {
+  uv_write_t req;
+  uint8_t *frame;
+  size_t len;
+};
+
+/* ---- closing ----------------------------------------------------------- */
+
+static void on_close(uv_handle_t *h) {
+  struct srv_conn *c = h->data;
+  struct srv *srv = c->srv;
+
+  if (c->prev != NULL)
+    c->prev->next = c->next;
+  else
+    srv->conns = c->next;
+  if (c->next != NULL)
+    c->next->prev = c->prev;
+  srv->stats.connections--;
+  fsp_frame_decoder_close(&c->dec);
+  fsp_free(c->pending);
+  fsp_free(c);
+}
+
+/* Closes c unless a job still refers to it; then the job's completion
+ * closes it. Safe to call more than once. */
+static void conn_close(struct srv_conn *c, const char *why) {
+  if (c->state != CONN_CLOSING) {
+    if (c->authed)
+      srv_log(SRV_INFO, "session_close",
+              "conn=%llu user=%s device=%lld records_in=%llu "
+              "records_out=%llu reason=\"%s\"",
+              (unsigned long long)c->id, c->who.user,
+              (long long)c->who.device_id, (unsigned long long)c->records_in,
+              (unsigned long long)c->records_out, why);
+    else
+      srv_log(SRV_DEBUG, "conn_close", "conn=%llu peer=%s reason=\"%s\"",
+              (unsigned long long)c->id, c->peer, why);
+    c->state = CONN_CLOSING;
+  }
+  if (c->job_in_flight || c->close_requested)
+    return;
+  c->close_requested = true;
+  uv_close((uv_handle_t *)&c->tcp, on_close);
+}
+
+/* ---- writing ----------------------------------------------------------- */
+
+static void read_resume(struct srv_conn *c);
+
+static void on_write(uv_write_t *req, int status) {
+  struct write_req *w = (struct write_req *)req;
+  struct srv_conn *c = req->data;
+
+  c->write_queue -= w->len;
+  fsp_free(w->frame);
+  fsp_free(w);
+  if (c->state == CONN_CLOSING)
+    return;
+  if (status != 0) {
+    conn_close(c, uv_strerror(status));
+    return;
+  }
+  if (c->close_after_write && c->write_queue == 0) {
+    conn_close(c, "closed after error");
+    return;
+  }
+  if (c->state == CONN_READY || c->state == CONN_HELLO)
+    read_resume(c);
+}
+
+/* Queues a frame (takes ownership). Returns false when the connection is
+ * closing or the write failed (then it is closing). */
+static bool conn_send(struct srv_conn *c, uint8_t *frame, size_t len) {
+  struct write_req *w;
+  uv_buf_t b;
+  int rc;
+
+  if (c->state == CONN_CLOSING) {
+    fsp_free(frame);
+    return false;
+  }
+  w = fsp_malloc(sizeof(*w));
+  if (w == NULL) {
+    fsp_free(frame);
+    conn_close(c, "out of memory");
+    return false;
+  }
+  w->frame = frame;
+  w->len = len;
+  w->req.data = c;
+  b = uv_buf_init((char *)frame, (unsigned)len);
+  rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
+  if (rc != 0) {
+    fsp_free(frame);
+    fsp_free(w);
+    conn_close(c, uv_strerror(rc));
+    return false;
+  }
+  c->write_queue += len;
+  return true;
+}
+
+/* Sends Error(code, message) and closes after it is written. */
+static void conn_fail(struct srv_conn *c, int code, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+static void conn_fail(struct srv_conn *c, int code, const char *fmt, ...) {
+  Fieldsync__Envelope env = FIELDSYNC__ENVELOPE__INIT;
+  Fieldsync__Error e = FIELDSYNC__ERROR__INIT;
+  char msg[256];
+  uint8_t *frame;
+  size_t len;
+  va_list ap;
+
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+  if (c->state == CONN_CLOSING)
+    return;
+  c->srv->stats.errors++;
+  e.has_code = 1;
+  e.code = (Fieldsync__ErrorCode)code;
+  e.message = msg;
+  env.body_case = FIELDSYNC__ENVELOPE__BODY_ERROR;
+  env.error = &e;
+  if (c->reading) {
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = false;
+  }
+  c->close_after_write = true;
+  /* A peer that does not read its Error must not hold the connection. */
+  c->deadline = uv_now(c->srv->loop) + 2000;
+  if (fsp_msg_encode_frame(&env, c->srv->cfg.max_frame, &frame, &len) != 0 ||
+      !conn_send(c, frame, len))
+    conn_close(c, msg);
+}
+
+/* Logs a protocol error with a bounded hex dump of the offending bytes,
+ * then fails the connection. */
+static void protocol_error(struct srv_conn *c, int fsp_code, const char *msg,
+                           const uint8_t *bytes, size_t len) {
+  char hex[2 * 32 + 1];
+  size_t n = len < 32 ? len : 32;
+  size_t i;
+
+  for (i = 0; i < n; i++)
+    snprintf(hex + 2 * i, 3, "%02x", bytes[i]);
+  hex[2 * n] = '\0';
+  srv_log(SRV_WARN, "protocol_error",
+          "conn=%llu peer=%s code=%s error=\"%s\" bytes=%zu head=%s",
+          (unsigned long long)c->id, c->peer, fsp_err_name(fsp_code), msg,
+          len, hex);
+  conn_fail(c, fsp_err_to_wire(fsp_code), "%s", msg);
+}
+
+/* ---- reading ----------------------------------------------------------- */
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  (void)h;
+  (void)suggested;
+  if (read_buf_busy) {
+    *buf = uv_buf_init(NULL, 0); /* libuv reports UV_ENOBUFS; retried */
+    return;
+  }
+  read_buf_busy = true;
+  *buf = uv_buf_init(read_buf, sizeof(read_buf));
+}
+
+static void read_stop(struct srv_conn *c) {
+  if (c->reading) {
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = false;
+  }
+}
+
+/* Resumes reading when the connection waits for a request and the peer
+ * is taking its replies; first feeds any bytes held back while busy. */
+static void read_resume(struct srv_conn *c) {
+  if ((c->state != CONN_READY && c->state != CONN_HELLO) ||
+      c->close_after_write)
+    return;
+  if (c->pending != NULL) {
+    uint8_t *p = c->pending;
+    size_t n = c->pending_len;
+    c->pending = NULL;
+    c->pending_len = 0;
+    process(c, p, n);
+    fsp_free(p);
+    if (c->state != CONN_READY && c->state != CONN_HELLO)
+      return;
+  }
+  if (c->write_queue > c->srv->cfg.max_write_queue) {
+    read_stop(c); /* resumed by on_write */
+    return;
+  }
+  if (!c->reading) {
+    int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    if (rc != 0) {
+      conn_close(c, uv_strerror(rc));
+      return;
+    }
+    c->reading = true;
+  }
+}
+
+static struct srv_job *job_new(struct srv_conn *c, enum srv_job_kind kind) {
+  struct srv_job *job = fsp_calloc(1, sizeof(*job));
+
+  if (job == NULL) {
+    conn_fail(c, FIELDSYNC__ERROR_CODE__ERR_INTERNAL, "out of memory");
+    return NULL;
+  }
+  job->kind = kind;
+  job->srv = c->srv;
+  job->conn = c;
+  job->work.data = job;
+  job->who = c->who;
+  c->job_in_flight = true;
+  c->deadline = 0;
+  read_stop(c);
+  return job;
+}
+
+void srv_job_free(struct srv_job *job) {
+  if (job == NULL)
+    return;
+  fsp_msg_close(&job->msg);
+  fsp_free(job->frame);
+  fsp_free(job);
+}
+
+static void work_cb(uv_work_t *req);
+static void after_work_cb(uv_work_t *req, int status);
+
+static void start_pool_job(struct srv_conn *c, struct srv_job *job) {
+  int rc = uv_queue_work(c->srv->loop, &job->work, work_cb, after_work_cb);
+
+  if (rc != 0) {
+    c->job_in_flight = false;
+    srv_job_free(job);
+    conn_fail(c, FIELDSYNC__ERROR_CODE__ERR_INTERNAL, "cannot queue work");
+    return;
+  }
+  c->srv->jobs_in_pool++;
+}
+
+/* Handles one whole frame body. May change state or close c. */
+static void handle_frame(struct srv_conn *c, uint8_t *body, size_t len) {
+  struct srv *srv = c->srv;
+  struct fsp_error err;
+  struct fsp_msg m;
+  struct srv_job *job;
+  int rc;
+
+  memset(&err, 0, sizeof(err));
+  rc = fsp_msg_decode(&m, body, len, &srv->lim, &err);
+  if (rc != 0) {
+    protocol_error(c, rc, err.msg, body, len);
+    return;
+  }
+  switch (c->state) {
+  case CONN_HELLO:
+    if (m.env->body_case != FIELDSYNC__ENVELOPE__BODY_HELLO) {
+      conn_fail(c, FIELDSYNC__ERROR_CODE__ERR_UNEXPECTED_MESSAGE,
+                "expected hello, got %s", fsp_msg_body_name(m.env));
+      break;
+    }
+    job = job_new(c, SRV_JOB_AUTH);
+    if (job == NULL)
+      break;
+    snprintf(job->token, sizeof(job->token), "%s", m.env->hello->device_token);
+    c->state = CONN_AUTH;
+    start_pool_job(c, job);
+    break;
+  case CONN_READY:
+    switch (m.env->body_case) {
+    case FIELDSYNC__ENVELOPE__BODY_PUSH:
+      job = job_new(c, SRV_JOB_PUSH);
+      if (job == NULL)
+        break;
+      job->msg = m; /* the job owns the decoded envelope now */
+      m.env = NULL;
+      c->state = CONN_BUSY;
+      srv_writer_submit(srv, job);
+      break;
+    case FIELDSYNC__ENVELOPE__BODY_PULL:
+      job = job_new(c, SRV_JOB_PULL);
+      if (job == NULL)
+        break;
+      job->cursor = m.env->pull->cursor;
+      job->max_records = m.env->pull->has_max_records
+                             ? m.env->pull->max_records
+                             : srv->cfg.max_batch;
+      if (job->max_records > srv->cfg.max_batch)
+        job->max_records = srv->cfg.max_batch;
+      c->state = CONN_BUSY;
+      start_pool_job(c, job);
+      break;
+    case FIELDSYNC__ENVELOPE__BODY_BYE:
+      conn_close(c, "bye");
+      break;
+    default:
+      conn_fail(c, FIELDSYNC__ERROR_CODE__ERR_UNEXPECTED_MESSAGE,
+                "unexpected %s in a session", fsp_msg_body_name(m.env));
+      break;
+    }
+    break;
+  default:
+    conn_fail(c, FIELDSYNC__ERROR_CODE__ERR_UNEXPECTED_MESSAGE,
+              "request while another is in flight");
+    break;
+  }
+  fsp_msg_close(&m);
+}
+
+/* Feeds bytes through the frame decoder, handling whole frames while the
+ * connection can take requests; keeps the rest for later. */
+static void process(struct srv_conn *c, const uint8_t *data, size_t len) {
+  size_t off = 0;
+
+  while (off < len) {
+    size_t used = 0;
+    int rc;
+
+    if (c->close_after_write)
+      return; /* failing: nothing more is read */
+    if (c->state != CONN_READY && c->state != CONN_HELLO) {
+      if (c->state == CONN_CLOSING)
+        return;
+      /* Busy: hold the rest (at most one read buffer) until the reply. */
+      c->pending = fsp_malloc(len - off);
+      if (c->pending == NULL) {
+        conn_close(c, "out of memory");
+        return;
+      }
+      memcpy(c->pending, data + off, len - off);
+      c->pending_len = len - off;
+      return;
+    }
+    rc = fsp_frame_feed(&c->dec, data + off, len - off, &used);
+    off += used;
+    if (rc < 0) {
+      protocol_error(c, rc, fsp_err_strerror(rc), data, len);
+      return;
+    }
+    if (rc == 1) {
+      uint8_t *body;
+      size_t blen;
+
+      fsp_frame_take(&c->dec, &body, &blen);
+      handle_frame(c, body, blen);
+      fsp_free(body);
+    }
+  }
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  struct srv_conn *c = s->data;
+
+  if (buf->base == read_buf)
+    read_buf_busy = false; /* consumed or copied before we return */
+  if (c->state == CONN_CLOSING || c->close_after_write)
+    return;
+  if (nread == UV_ENOBUFS)
+    return;
+  if (nread < 0) {
+    conn_close(c, nread == UV_EOF ? "peer closed" : uv_strerror((int)nread));
+    return;
+  }
+  if (nread == 0)
+    return;
+  if (c->state == CONN_READY)
+    c->deadline = uv_now(c->srv->loop) + c->srv->cfg.idle_timeout_ms;
+  process(c, (const uint8_t *)buf->base, (size_t)nread);
+}
+
+/* ---- jobs -------------------------------------------------------------- */
+
+static void build_welcome(struct srv_job *job) {
+  struct srv *srv = job->srv;
+  Fieldsync__Envelope env = FIELDSYNC__ENVELOPE__INIT;
+  Fieldsync__Welcome w = FIELDSYNC__WELCOME__INIT;
+  Fieldsync__Limits l = FIELDSYNC__LIMITS__INIT;
+
+  w.has_server_id = 1;
+  w.server_id.data = srv->server_id;
+  w.server_id.len = 16;
+  w.user = job->who.user;
+  w.has_role = 1;
+  w.role = (Fieldsync__Role)job->who.role;
+  w.server_version = SRV_VERSION;
+  l.has_max_frame_bytes = 1;
+  l.max_frame_bytes = srv->lim.max_frame;
+  l.has_max_batch_records = 1;
+  l.max_batch_records = srv->lim.max_batch;
+  l.has_max_vv_entries = 1;
+  l.max_vv_entries = srv->lim.max_vv;
+  l.has_max_payload_bytes = 1;
+  l.max_payload_bytes = srv->lim.max_payload;
+  w.limits = &l;
+  env.body_case = FIELDSYNC__ENVELOPE__BODY_WELCOME;
+  env.welcome = &w;
+  if (fsp_msg_encode_frame(&env, srv->cfg.max_frame, &job->frame,
+                           &job->frame_len) != 0)
+    job->rc = SRV_STORE_ENOMEM;
+}
+
+static void build_changes(struct srv_job *job, const struct srv_page *page) {
+  Fieldsync__Envelope env = FIELDSYNC__ENVELOPE__INIT;
+  Fieldsync__Changes ch = FIELDSYNC__CHANGES__INIT;
+
+  ch.n_changes = page->n;
+  ch.changes = page->changes;
+  ch.has_next_cursor = 1;
+  ch.next_cursor = page->next_cursor;
+  ch.has_more = 1;
+  ch.more = page->more;
+  env.body_case = FIELDSYNC__ENVELOPE__BODY_CHANGES;
+  env.changes = &ch;
+  job->records = page->n;
+  if (fsp_msg_encode_frame(&env, job->srv->cfg.max_frame, &job->frame,
+                           &job->frame_len) != 0) {
+    job->rc = SRV_STORE_ENOMEM;
+    snprintf(job->err, sizeof(job->err), "cannot encode changes");
+  }
+}
+
+/* Worker thread: auth and pull read the store on a lent connection. */
+static void work_cb(uv_work_t *req) {
+  struct srv_job *job = req->data;
+  struct srv *srv = job->srv;
+  struct srv_store_conn *rc = srv_reader_take(srv);
+
+  if (job->kind == SRV_JOB_AUTH) {
+    job->rc = srv_store_auth(rc, job->token, &job->who);
+    if (job->rc == 0)
+      build_welcome(job);
+  } else {
+    struct srv_page page;
+    /* Leave room in the frame for the envelope around the changes. */
+    size_t max_bytes = srv->cfg.max_frame - 64u * 1024u;
+
+    memset(&page, 0, sizeof(page));
+    job->rc = srv_store_pull(rc, job->cursor, job->max_records, max_bytes,
+                             &page);
+    if (job->rc == 0)
+      build_changes(job, &page);
+    else
+      snprintf(job->err, sizeof(job->err), "%s", srv_store_errmsg(rc));
+    srv_page_free(&page);
+  }
+  memset(job->token, 0, sizeof(job->token));
+  srv_reader_give(srv, rc);
+}
+
+static void after_work_cb(uv_work_t *req, int status) {
+  struct srv_job *job = req->data;
+
+  job->srv->jobs_in_pool--;
+  if (status == UV_ECANCELED && job->rc == 0)
+    job->rc = SRV_STORE_EIO;
+  srv_conn_job_done(job);
+}
+
+void srv_conn_job_done(struct srv_job *job) {
+  struct srv_conn *c = job->conn;
+  struct srv *srv = job->srv;
+  uint8_t *frame = job->frame;
+
+  c->job_in_flight = false;
+  job->frame = NULL;
+  if (c->state == CONN_CLOSING) {
+    fsp_free(frame);
+    srv_job_free(job);
+    conn_close(c, "closed while busy");
+    return;
+  }
+  if (job->kind == SRV_JOB_AUTH) {
+    if (job->rc != 0) {
+      srv_log(SRV_WARN, "auth_refused", "conn=%llu peer=%s",
+              (unsigned long long)c->id, c->peer);
+      conn_fail(c, FIELDSYNC__ERROR_CODE__ERR_UNAUTHENTICATED,
+                "device token not recognised or revoked");
+    } else {
+      c->who = job->who;
+      c->authed = true;
+      c->state = CONN_READY;
+      c->deadline = uv_now(srv->loop) + srv->cfg.idle_timeout_ms;
+      srv->stats.sessions++;
+      srv_log(SRV_INFO, "session_open",
+              "conn=%llu peer=%s user=%s device=%lld",
+              (unsigned long long)c->id, c->peer, c->who.user,
+              (long long)c->who.device_id);
+      if (conn_send(c, frame, job->frame_len))
+        read_resume(c);
+      frame = NULL;
+    }
+  } else if (job->rc != 0) {
+    srv_log(SRV_ERROR, "storage_error", "conn=%llu user=%s op=%s error=\"%s\"",
+            (unsigned long long)c->id, c->who.user,
+            job->kind == SRV_JOB_PUSH ? "push" : "pull", job->err);
+    conn_fail(c, FIELDSYNC__ERROR_CODE__ERR_STORAGE,
+              "storage failed; nothing was acknowledged: %s", job->err);
+  } else {
+    if (job->kind == SRV_JOB_PUSH) {
+      c->records_in += job->records;
+      srv->stats.records_in += job->records;
+      srv->stats.conflicts += job->conflicts;
+      srv->stats.refused += job->refused;
+      srv_log(SRV_INFO, "push",
+              "conn=%llu user=%s device=%lld records=%zu conflicts=%zu "
+              "refused=%zu",
+              (unsigned long long)c->id, c->who.user,
+              (long long)c->who.device_id, job->records, job->conflicts,
+              job->refused);
+    } else {
+      c->records_out += job->records;
+      srv->stats.records_out += job->records;
+      srv_log(SRV_DEBUG, "pull", "conn=%llu user=%s cursor=%llu records=%zu",
+              (unsigned long long)c->id, c->who.user,
+              (unsigned long long)job->cursor, job->records);
+    }
+    c->state = CONN_READY;
+    c->deadline = uv_now(srv->loop) + srv->cfg.idle_timeout_ms;
+    if (conn_send(c, frame, job->frame_len)) {
+      if (c->draining)
+        conn_fail(c, FIELDSYNC__ERROR_CODE__ERR_SHUTTING_DOWN,
+                  "server is shutting down; sync again later");
+      else
+        read_resume(c);
+    }
+    frame = NULL;
+  }
+  fsp_free(frame);
+  srv_job_free(job);
+}
+
+/* ---- accepting, deadlines, draining ------------------------------------ */
+
+void srv_conn_accept(struct srv *srv) {
+  struct srv_conn *c = fsp_calloc(1, sizeof(*c));
+  struct sockaddr_storage ss;
+  int len = sizeof(ss);
+  int rc;
+
+  if (c == NULL) {
+    srv_log(SRV_ERROR, "accept_failed", "error=\"out of memory\"");
+    return;
+  }
+  rc = uv_tcp_init(srv->loop, &c->tcp);
+  if (rc != 0) {
+    srv_log(SRV_ERROR, "accept_failed", "error=\"%s\"", uv_strerror(rc));
+    fsp_free(c);
+    return;
+  }
+  c->srv = srv;
+  c->id = ++srv->next_conn_id;
+  c->tcp.data = c;
+  c->state = CONN_HELLO;
+  fsp_frame_decoder_init(&c->dec, srv->cfg.max_frame);
+  c->next = srv->conns;
+  if (srv->conns != NULL)
+    srv->conns->prev = c;
+  srv->conns = c;
+  srv->stats.connections++;
+  rc = uv_accept((uv_stream_t *)&srv->listener, (uv_stream_t *)&c->tcp);
+  if (rc != 0) {
+    srv_log(SRV_WARN, "accept_failed", "error=\"%s\"", uv_strerror(rc));
+    conn_close(c, "accept failed");
+    return;
+  }
+  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
+    char ip[48] = "?";
+    int port = 0;
+    if (ss.ss_family == AF_INET6) {
+      uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof(ip));
+      port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    } else {
+      uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof(ip));
+      port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    }
+    snprintf(c->peer, sizeof(c->peer), "%s:%d", ip, port);
+  }
+  uv_tcp_nodelay(&c->tcp, 1);
+  if (srv->stopping) {
+    conn_fail(c, FIELDSYNC__ERROR_CODE__ERR_SHUTTING_DOWN,
+              "server is shutting down");
+    return;
+  }
+  if (srv->stats.connections > srv->cfg.max_connections) {
+    srv_log(SRV_WARN, "conn_refused", "peer=%s reason=limit limit=%u",
+            c->peer, srv->cfg.max_connections);
+    conn_fail(c, FIELDSYNC__ERROR_CODE__ERR_BUSY,
+              "too many connections (limit %u); try again later",
+              srv->cfg.max_connections);
+    return;
+  }
+  c->deadline = uv_now(srv->loop) + srv->cfg.handshake_timeout_ms;
+  read_resume(c);
+}
+
+void srv_conn_sweep(struct srv *srv) {
+  uint64_t now = uv_now(srv->loop);
+  struct srv_conn *c = srv->conns;
+
+  while (c != NULL) {
+    struct srv_conn *next = c->next;
+
+    if (c->state != CONN_CLOSING && c->deadline != 0 && now >= c->deadline) {
+      if (c->close_after_write) {
+        conn_close(c, "peer did not read its error");
+      } else {
+        bool hello = c->state == CONN_HELLO;
+        srv_log(SRV_INFO, "timeout", "conn=%llu peer=%s phase=%s",
+                (unsigned long long)c->id, c->peer,
+                hello ? "handshake" : "idle");
+        conn_fail(c, FIELDSYNC__ERROR_CODE__ERR_TIMEOUT,
+                  hello ? "no hello before the handshake deadline"
+                        : "idle for too long");
+      }
+    }
+    c = next;
+  }
+}
+
+void srv_conn_drain_all(struct srv *srv) {
+  struct srv_conn *c = srv->conns;
+
+  while (c != NULL) {
+    struct srv_conn *next = c->next;
+
+    c->draining = true;
+    if (c->state == CONN_HELLO || c->state == CONN_READY)
+      conn_fail(c, FIELDSYNC__ERROR_CODE__ERR_SHUTTING_DOWN,
+                "server is shutting down; sync again later");
+    c = next;
+  }
+}

@@ -1,0 +1,213 @@
+/* SPDX-License-Identifier: MIT */
+/* The event loop around the connections: listening, the housekeeping timer
+ * (deadlines, shutdown progress; Redis's serverCron), SIGINT/SIGTERM, the
+ * pool of reader connections lent to worker threads, and start/stop. */
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "srv.h"
+#include "srv_loop.h"
+
+#define CRON_MS 100
+
+struct srv_store_conn *srv_reader_take(struct srv *srv) {
+  struct srv_store_conn *c;
+
+  uv_mutex_lock(&srv->readers_lock);
+  while (srv->nreaders_free == 0)
+    uv_cond_wait(&srv->readers_cond, &srv->readers_lock);
+  c = srv->readers[--srv->nreaders_free];
+  uv_mutex_unlock(&srv->readers_lock);
+  return c;
+}
+
+void srv_reader_give(struct srv *srv, struct srv_store_conn *c) {
+  uv_mutex_lock(&srv->readers_lock);
+  srv->readers[srv->nreaders_free++] = c;
+  uv_cond_signal(&srv->readers_cond);
+  uv_mutex_unlock(&srv->readers_lock);
+}
+
+static void on_connection(uv_stream_t *server, int status) {
+  struct srv *srv = server->data;
+
+  if (status != 0) {
+    /* libuv keeps a spare descriptor for EMFILE and sheds the peer; we
+     * only log, and never spin. */
+    srv_log(SRV_WARN, "accept_failed", "error=\"%s\"", uv_strerror(status));
+    return;
+  }
+  srv_conn_accept(srv);
+}
+
+static void close_readers(struct srv *srv) {
+  size_t i;
+
+  for (i = 0; i < srv->nreaders_free; i++)
+    srv_store_conn_close(srv->readers[i]);
+  srv->nreaders_free = 0;
+  fsp_free(srv->readers);
+  srv->readers = NULL;
+}
+
+/* Once every session has ended and no work is left: stop the writer,
+ * close the store's connections and every handle, so uv_run returns. */
+static void maybe_finish(struct srv *srv) {
+  if (!srv->stopping || srv->conns != NULL || srv->jobs_in_pool > 0)
+    return;
+  srv_writer_stop(srv);
+  close_readers(srv);
+  uv_close((uv_handle_t *)&srv->cron, NULL);
+  uv_close((uv_handle_t *)&srv->sigint, NULL);
+  uv_close((uv_handle_t *)&srv->sigterm, NULL);
+  srv_log(SRV_INFO, "stopped",
+          "sessions=%llu records_in=%llu records_out=%llu conflicts=%llu "
+          "refused=%llu errors=%llu commits=%llu",
+          (unsigned long long)srv->stats.sessions,
+          (unsigned long long)srv->stats.records_in,
+          (unsigned long long)srv->stats.records_out,
+          (unsigned long long)srv->stats.conflicts,
+          (unsigned long long)srv->stats.refused,
+          (unsigned long long)srv->stats.errors,
+          (unsigned long long)srv->writer.commits);
+}
+
+static void on_cron(uv_timer_t *t) {
+  struct srv *srv = t->data;
+
+  srv_conn_sweep(srv);
+  maybe_finish(srv);
+}
+
+void srv_stop(struct srv *srv, const char *why) {
+  if (srv->stopping)
+    return;
+  srv->stopping = true;
+  srv_log(SRV_INFO, "stopping", "reason=%s connections=%llu", why,
+          (unsigned long long)srv->stats.connections);
+  uv_close((uv_handle_t *)&srv->listener, NULL);
+  srv_conn_drain_all(srv);
+  maybe_finish(srv);
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+  srv_stop(h->data, signum == SIGINT ? "SIGINT" : "SIGTERM");
+}
+
+static int bind_listener(struct srv *srv) {
+  struct sockaddr_storage ss;
+  char name[64];
+  int len = sizeof(ss);
+  int rc;
+
+  memset(&ss, 0, sizeof(ss));
+  if (strcmp(srv->cfg.host, "localhost") == 0)
+    rc = uv_ip4_addr("127.0.0.1", srv->cfg.port, (struct sockaddr_in *)&ss);
+  else if (strchr(srv->cfg.host, ':') != NULL)
+    rc = uv_ip6_addr(srv->cfg.host, srv->cfg.port,
+                     (struct sockaddr_in6 *)&ss);
+  else
+    rc = uv_ip4_addr(srv->cfg.host, srv->cfg.port, (struct sockaddr_in *)&ss);
+  if (rc != 0) {
+    fprintf(stderr, "fieldsyncd: listen: \"%s\" is not an IP address\n",
+            srv->cfg.host);
+    return rc;
+  }
+  rc = uv_tcp_init(srv->loop, &srv->listener);
+  if (rc != 0)
+    return rc;
+  srv->listener.data = srv;
+  rc = uv_tcp_bind(&srv->listener, (struct sockaddr *)&ss, 0);
+  if (rc == 0)
+    rc = uv_listen((uv_stream_t *)&srv->listener, 511, on_connection);
+  if (rc == 0)
+    rc = uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&ss, &len);
+  if (rc != 0) {
+    fprintf(stderr, "fieldsyncd: cannot listen on %s:%d: %s\n", srv->cfg.host,
+            srv->cfg.port, uv_strerror(rc));
+    uv_close((uv_handle_t *)&srv->listener, NULL);
+    return rc;
+  }
+  if (ss.ss_family == AF_INET6) {
+    uv_ip6_name((struct sockaddr_in6 *)&ss, name, sizeof(name));
+    printf("listening on [%s]:%d\n", name,
+           ntohs(((struct sockaddr_in6 *)&ss)->sin6_port));
+  } else {
+    uv_ip4_name((struct sockaddr_in *)&ss, name, sizeof(name));
+    printf("listening on %s:%d\n", name,
+           ntohs(((struct sockaddr_in *)&ss)->sin_port));
+  }
+  fflush(stdout);
+  srv_log(SRV_INFO, "listening", "addr=%s db=%s", name, srv->cfg.db_path);
+  return 0;
+}
+
+int srv_run(const struct srv_config *cfg) {
+  struct srv srv;
+  char err[256];
+  size_t i;
+  int rc;
+
+  memset(&srv, 0, sizeof(srv));
+  srv.cfg = *cfg;
+  srv.loop = uv_default_loop();
+  fsp_limits_default(&srv.lim);
+  srv.lim.max_frame = cfg->max_frame;
+  srv.lim.max_batch = cfg->max_batch;
+  srv.lim.budget = (size_t)cfg->max_frame * 8u + 64u * 1024u;
+  signal(SIGPIPE, SIG_IGN);
+
+  rc = srv_store_open(cfg->db_path, &srv.store, err, sizeof(err));
+  if (rc != 0) {
+    fprintf(stderr, "fieldsyncd: %s\n", err);
+    return 1;
+  }
+  srv_store_server_id(srv.store, srv.server_id);
+  uv_mutex_init(&srv.readers_lock);
+  uv_cond_init(&srv.readers_cond);
+  srv.nreaders = cfg->readers;
+  srv.readers = fsp_calloc(srv.nreaders, sizeof(*srv.readers));
+  if (srv.readers == NULL) {
+    fprintf(stderr, "fieldsyncd: out of memory\n");
+    goto fail;
+  }
+  for (i = 0; i < srv.nreaders; i++) {
+    if (srv_store_conn_open(srv.store, &srv.readers[i], err, sizeof(err)) !=
+        0) {
+      fprintf(stderr, "fieldsyncd: %s\n", err);
+      goto fail;
+    }
+    srv.nreaders_free++;
+  }
+  if (srv_writer_start(&srv) != 0) {
+    fprintf(stderr, "fieldsyncd: cannot start the writer\n");
+    goto fail;
+  }
+  if (bind_listener(&srv) != 0) {
+    srv_writer_stop(&srv);
+    goto fail;
+  }
+  uv_signal_init(srv.loop, &srv.sigint);
+  uv_signal_init(srv.loop, &srv.sigterm);
+  srv.sigint.data = &srv;
+  srv.sigterm.data = &srv;
+  uv_signal_start(&srv.sigint, on_signal, SIGINT);
+  uv_signal_start(&srv.sigterm, on_signal, SIGTERM);
+  uv_timer_init(srv.loop, &srv.cron);
+  srv.cron.data = &srv;
+  uv_timer_start(&srv.cron, on_cron, CRON_MS, CRON_MS);
+
+  uv_run(srv.loop, UV_RUN_DEFAULT);
+
+  uv_loop_close(srv.loop);
+  srv_store_close(srv.store);
+  uv_mutex_destroy(&srv.readers_lock);
+  uv_cond_destroy(&srv.readers_cond);
+  return 0;
+fail:
+  uv_run(srv.loop, UV_RUN_DEFAULT); /* let closed handles finish */
+  close_readers(&srv);
+  srv_store_close(srv.store);
+  return 1;
+}

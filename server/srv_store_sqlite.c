@@ -1,0 +1,1704 @@
+/* SPDX-License-Identifier: MIT */
+/* The SQLite implementation of srv_store.h: users, devices and their token
+ * hashes, and every version ever pushed (the history), with the current
+ * versions of each record marked and numbered for the change feed. One
+ * sqlite3 handle per srv_store_conn, opened NOMUTEX: a connection is used by
+ * one thread at a time and never shared. */
+#define _DEFAULT_SOURCE /* getentropy() */
+#include "srv_store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <sqlite3.h>
+
+#include "fsp_alloc.h"
+#include "fsp_merge.h"
+#include "fsp_payload.h"
+#include "fsp_vv.h"
+
+/* PRAGMA application_id of a server database ("FSSV"), so that a client
+ * database (which has the same user_version) is never mistaken for one. */
+#define SRV_APP_ID 0x46535356
+#define SRV_SCHEMA_VERSION 1
+#define SRV_TOKEN_PREFIX "fst_"
+#define SRV_TOKEN_RANDOM 24 /* bytes behind the prefix, as hex */
+#define SRV_BUSY_MS 5000
+/* Stored vectors were validated when they were written; reading them back
+ * is not limited by the (possibly lowered) session limits. */
+#define SRV_STORED_MAX_VV ((size_t)1 << 20)
+
+static const char *const schema_sql =
+    "CREATE TABLE meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
+    "CREATE TABLE users("
+    "  id INTEGER PRIMARY KEY,"
+    "  name TEXT UNIQUE NOT NULL,"
+    "  role INTEGER NOT NULL,"
+    "  created_ms INTEGER NOT NULL,"
+    "  deleted INTEGER NOT NULL DEFAULT 0);"
+    "CREATE TABLE devices("
+    "  id INTEGER PRIMARY KEY,"
+    "  user_id INTEGER NOT NULL REFERENCES users(id),"
+    "  token_hash BLOB UNIQUE NOT NULL,"
+    "  created_ms INTEGER NOT NULL,"
+    "  revoked INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX devices_user ON devices(user_id);"
+    /* reuse: a replica id was reused on this record (DESIGN.md 2). */
+    "CREATE TABLE records("
+    "  id BLOB PRIMARY KEY,"
+    "  collection INTEGER NOT NULL,"
+    "  scope_kind INTEGER NOT NULL,"
+    "  scope_id BLOB NOT NULL,"
+    "  reuse INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;"
+    /* seq is the rowid: never deleted, so it only grows. */
+    "CREATE TABLE versions("
+    "  seq INTEGER PRIMARY KEY,"
+    "  record BLOB NOT NULL,"
+    "  hash BLOB NOT NULL,"
+    "  vv BLOB NOT NULL,"
+    "  deleted INTEGER NOT NULL,"
+    "  payload BLOB,"
+    "  author TEXT,"
+    "  device_time_ms INTEGER,"
+    "  collection INTEGER NOT NULL,"
+    "  scope_kind INTEGER NOT NULL,"
+    "  scope_id BLOB NOT NULL,"
+    "  user_id INTEGER,"
+    "  device_id INTEGER,"
+    "  received_ms INTEGER NOT NULL,"
+    "  current INTEGER NOT NULL,"
+    "  UNIQUE(record, hash, vv));"
+    "CREATE INDEX versions_current ON versions(record) WHERE current = 1;"
+    "CREATE INDEX versions_feed ON versions(seq) WHERE current = 1;";
+
+/* Cached statements, prepared on first use and kept for the connection's
+ * life (SQLITE_PREPARE_PERSISTENT). */
+enum stmt_id {
+  ST_BEGIN,
+  ST_COMMIT,
+  ST_ROLLBACK,
+  ST_SAVEPOINT,
+  ST_RELEASE,
+  ST_ROLLBACK_TO,
+  ST_LOAD_RECORD,
+  ST_FIND_VERSION,
+  ST_LOAD_CURRENT,
+  ST_INSERT_VERSION,
+  ST_SUPERSEDE,
+  ST_UPSERT_RECORD,
+  ST_PULL,
+  ST_AUTH,
+  ST_USER_ADD,
+  ST_USER_FIND,
+  ST_DEVICE_ADD,
+  ST_COUNT
+};
+
+static const char *const stmt_sql[ST_COUNT] = {
+    [ST_BEGIN] = "BEGIN IMMEDIATE",
+    [ST_COMMIT] = "COMMIT",
+    [ST_ROLLBACK] = "ROLLBACK",
+    [ST_SAVEPOINT] = "SAVEPOINT srv_sp",
+    [ST_RELEASE] = "RELEASE srv_sp",
+    [ST_ROLLBACK_TO] = "ROLLBACK TO srv_sp",
+    [ST_LOAD_RECORD] =
+        "SELECT collection, scope_kind, scope_id FROM records WHERE id = ?1",
+    [ST_FIND_VERSION] = "SELECT current FROM versions "
+                        "WHERE record = ?1 AND hash = ?2 AND vv = ?3",
+    [ST_LOAD_CURRENT] =
+        "SELECT seq, hash, vv FROM versions WHERE record = ?1 AND current = 1",
+    [ST_INSERT_VERSION] =
+        "INSERT INTO versions(record, hash, vv, deleted, payload, author, "
+        "device_time_ms, collection, scope_kind, scope_id, user_id, "
+        "device_id, received_ms, current) "
+        "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    [ST_SUPERSEDE] = "UPDATE versions SET current = 0 WHERE seq = ?1",
+    [ST_UPSERT_RECORD] =
+        "INSERT INTO records(id, collection, scope_kind, scope_id, reuse) "
+        "VALUES(?1, ?2, ?3, ?4, ?5) "
+        "ON CONFLICT(id) DO UPDATE SET scope_kind = ?3, scope_id = ?4, "
+        "reuse = max(reuse, ?5)",
+    /* LIMIT ?2 is max_records + 1: the extra row tells `more`. */
+    [ST_PULL] = "SELECT seq, record, collection, scope_kind, scope_id, hash, "
+                "vv, deleted, payload, author, device_time_ms "
+                "FROM versions WHERE current = 1 AND seq > ?1 "
+                "ORDER BY seq LIMIT ?2",
+    [ST_AUTH] = "SELECT d.id, d.user_id, d.token_hash, d.revoked, u.name, "
+                "u.role, u.deleted "
+                "FROM devices d JOIN users u ON u.id = d.user_id "
+                "WHERE d.token_hash = ?1",
+    [ST_USER_ADD] =
+        "INSERT INTO users(name, role, created_ms) VALUES(?1, ?2, ?3)",
+    [ST_USER_FIND] = "SELECT id FROM users WHERE name = ?1 AND deleted = 0",
+    [ST_DEVICE_ADD] = "INSERT INTO devices(user_id, token_hash, created_ms) "
+                      "VALUES(?1, ?2, ?3)",
+};
+
+/* The statements that must be answered from an index (srv_store_check),
+ * and the index each one needs, if a particular one. */
+static const struct {
+  enum stmt_id id;
+  const char *index;
+} indexed_stmts[] = {
+    {ST_LOAD_RECORD, NULL},
+    {ST_FIND_VERSION, NULL},
+    {ST_LOAD_CURRENT, "versions_current"},
+    {ST_PULL, "versions_feed"},
+    {ST_AUTH, NULL},
+    {ST_USER_FIND, NULL},
+};
+
+struct srv_store {
+  char *path;
+  uint8_t server_id[FSP_ID_LEN];
+};
+
+/* One current version of the record being merged. */
+struct cur_version {
+  int64_t seq;
+  uint8_t hash[FSP_HASH_LEN];
+  struct fsp_vv vv;
+};
+
+/* A change's place in the batch, for applying in key order. */
+struct order_entry {
+  const uint8_t *id; /* NULL for a change without a valid key */
+  size_t i;
+};
+
+struct srv_store_conn {
+  struct srv_store *store;
+  sqlite3 *db;
+  sqlite3_stmt *st[ST_COUNT];
+  bool in_txn; /* between srv_store_begin and commit/rollback */
+  char errmsg[256];
+  /* Scratch reused by every push, grown on demand. */
+  struct cur_version *cur;
+  struct fsp_vref *refs;
+  bool *keep;
+  size_t cur_cap;
+  struct fsp_vv in_vv;
+  uint8_t *vvbuf;
+  size_t vvbuf_cap;
+  struct order_entry *order;
+  size_t order_cap;
+};
+
+/* ---- errors, time, randomness ------------------------------------------ */
+
+#if defined(__GNUC__)
+#define SRV_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define SRV_PRINTF(f, a)
+#endif
+
+static int set_err(struct srv_store_conn *c, int code, const char *fmt, ...)
+    SRV_PRINTF(3, 4);
+static int refuse(struct srv_outcome *o, int code, const char *fmt, ...)
+    SRV_PRINTF(3, 4);
+
+static int set_err(struct srv_store_conn *c, int code, const char *fmt, ...) {
+  va_list ap;
+
+  va_start(ap, fmt);
+  vsnprintf(c->errmsg, sizeof(c->errmsg), fmt, ap);
+  va_end(ap);
+  return code;
+}
+
+/* Maps an SQLite result code to a store code. */
+static int map_sqlite(int rc) {
+  switch (rc & 0xff) {
+  case SQLITE_NOMEM:
+    return SRV_STORE_ENOMEM;
+  case SQLITE_BUSY:
+  case SQLITE_LOCKED:
+    return SRV_STORE_EBUSY;
+  case SQLITE_CORRUPT:
+  case SQLITE_NOTADB:
+    return SRV_STORE_ECORRUPT;
+  default:
+    return SRV_STORE_EIO;
+  }
+}
+
+/* Records an SQLite failure on c ("what: message") and returns its code. */
+static int sql_err(struct srv_store_conn *c, int rc, const char *what) {
+  return set_err(c, map_sqlite(rc), "%s: %s (%s)", what, sqlite3_errmsg(c->db),
+                 sqlite3_errstr(rc));
+}
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Fills buf with n bytes from the OS's secure source: getentropy() (at most
+ * 256 bytes a call), else /dev/urandom. Returns 0 or -1. */
+static int os_random(uint8_t *buf, size_t n) {
+  int fd;
+
+  while (n > 0) {
+    size_t k = n > 256 ? 256 : n;
+    if (getentropy(buf, k) != 0)
+      break;
+    buf += k;
+    n -= k;
+  }
+  if (n == 0)
+    return 0;
+  fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return -1;
+  while (n > 0) {
+    ssize_t r = read(fd, buf, n);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0) {
+      close(fd);
+      return -1;
+    }
+    buf += r;
+    n -= (size_t)r;
+  }
+  close(fd);
+  return 0;
+}
+
+static void hex_encode(const uint8_t *p, size_t n, char *out) {
+  static const char digits[] = "0123456789abcdef";
+  size_t i;
+
+  for (i = 0; i < n; i++) {
+    out[2 * i] = digits[p[i] >> 4];
+    out[2 * i + 1] = digits[p[i] & 15];
+  }
+  out[2 * n] = '\0';
+}
+
+/* SHA-256 of a token. Returns 0, or -1 when OpenSSL fails. */
+static int token_hash(const char *token, size_t len,
+                      uint8_t out[FSP_HASH_LEN]) {
+  unsigned int n = 0;
+
+  if (EVP_Digest(token, len, out, &n, EVP_sha256(), NULL) != 1 ||
+      n != FSP_HASH_LEN)
+    return -1;
+  return 0;
+}
+
+/* ---- statements -------------------------------------------------------- */
+
+/* The cached statement id, reset and with its bindings cleared. */
+static int get_stmt(struct srv_store_conn *c, enum stmt_id id,
+                    sqlite3_stmt **out) {
+  int rc;
+
+  if (c->st[id] == NULL) {
+    rc = sqlite3_prepare_v3(c->db, stmt_sql[id], -1, SQLITE_PREPARE_PERSISTENT,
+                            &c->st[id], NULL);
+    if (rc != SQLITE_OK) {
+      *out = NULL;
+      return sql_err(c, rc, "preparing a statement");
+    }
+  } else {
+    sqlite3_reset(c->st[id]);
+    sqlite3_clear_bindings(c->st[id]);
+  }
+  *out = c->st[id];
+  return 0;
+}
+
+/* Steps a statement that returns no rows, then resets it. */
+static int step_done(struct srv_store_conn *c, sqlite3_stmt *st,
+                     const char *what) {
+  int rc = sqlite3_step(st);
+
+  sqlite3_reset(st);
+  return rc == SQLITE_DONE ? 0 : sql_err(c, rc, what);
+}
+
+/* Runs a cached statement without parameters. */
+static int run(struct srv_store_conn *c, enum stmt_id id, const char *what) {
+  sqlite3_stmt *st;
+  int rc = get_stmt(c, id, &st);
+
+  return rc != 0 ? rc : step_done(c, st, what);
+}
+
+/* Undoes and ends the savepoint srv_sp. Errors are ignored: the caller is
+ * already failing, and its message is the one worth keeping. */
+static void savepoint_abort(struct srv_store_conn *c) {
+  char keep[sizeof(c->errmsg)];
+
+  memcpy(keep, c->errmsg, sizeof(keep));
+  if (run(c, ST_ROLLBACK_TO, "rolling back a savepoint") == 0)
+    run(c, ST_RELEASE, "releasing a savepoint");
+  memcpy(c->errmsg, keep, sizeof(keep));
+}
+
+/* Runs sql (one or more statements) with sqlite3_exec. */
+static int exec_sql(sqlite3 *db, const char *sql, char *err, size_t errlen,
+                    const char *what) {
+  int rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+
+  if (rc != SQLITE_OK) {
+    snprintf(err, errlen, "%s: %s", what, sqlite3_errmsg(db));
+    return map_sqlite(rc);
+  }
+  return 0;
+}
+
+/* Reads one integer (the first column of the first row) of sql. */
+static int query_int(sqlite3 *db, const char *sql, int64_t *out, char *err,
+                     size_t errlen) {
+  sqlite3_stmt *st = NULL;
+  int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+
+  if (rc == SQLITE_OK) {
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+      *out = sqlite3_column_int64(st, 0);
+      rc = SQLITE_OK;
+    } else if (rc == SQLITE_DONE) {
+      *out = 0;
+      rc = SQLITE_OK;
+    }
+  }
+  if (rc != SQLITE_OK)
+    snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+  sqlite3_finalize(st);
+  return rc == SQLITE_OK ? 0 : map_sqlite(rc);
+}
+
+/* ---- opening ----------------------------------------------------------- */
+
+/* Switches db to WAL (a no-op when it already is) and checks that SQLite
+ * agreed: some file systems cannot do WAL. */
+static int enable_wal(sqlite3 *db, const char *path, char *err, size_t errlen) {
+  sqlite3_stmt *st = NULL;
+  const unsigned char *mode = NULL;
+  int rc = sqlite3_prepare_v2(db, "PRAGMA journal_mode = WAL", -1, &st, NULL);
+
+  if (rc == SQLITE_OK)
+    rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW)
+    mode = sqlite3_column_text(st, 0);
+  if (rc != SQLITE_ROW) {
+    snprintf(err, errlen, "%s: enabling WAL: %s", path, sqlite3_errmsg(db));
+    rc = map_sqlite(rc);
+  } else if (mode == NULL || strcmp((const char *)mode, "wal") != 0) {
+    snprintf(err, errlen, "%s: cannot use WAL (journal mode stays %s)", path,
+             mode != NULL ? (const char *)mode : "unknown");
+    rc = SRV_STORE_EIO;
+  } else {
+    rc = 0;
+  }
+  sqlite3_finalize(st);
+  return rc;
+}
+
+/* Opens path with SQLite's own connection settings for this store. */
+static int open_handle(const char *path, bool create, sqlite3 **out, char *err,
+                       size_t errlen) {
+  int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX;
+  int rc;
+
+  if (create)
+    flags |= SQLITE_OPEN_CREATE;
+  rc = sqlite3_open_v2(path, out, flags, NULL);
+  if (rc != SQLITE_OK) {
+    snprintf(err, errlen, "cannot open %s: %s", path,
+             *out != NULL ? sqlite3_errmsg(*out) : sqlite3_errstr(rc));
+    sqlite3_close(*out);
+    *out = NULL;
+    return rc == SQLITE_NOMEM ? SRV_STORE_ENOMEM : SRV_STORE_EIO;
+  }
+  sqlite3_extended_result_codes(*out, 1);
+  sqlite3_busy_timeout(*out, SRV_BUSY_MS);
+  return 0;
+}
+
+/* Creates the schema and the server id in a new, empty database. Another
+ * process may be doing the same: the check is repeated under the write
+ * lock, and whoever comes second finds the schema made. */
+static int create_schema(sqlite3 *db, const char *path, char *err,
+                         size_t errlen) {
+  uint8_t id[FSP_ID_LEN];
+  sqlite3_stmt *st = NULL;
+  int64_t tables = 0;
+  char sql[128];
+  int rc;
+
+  rc = enable_wal(db, path, err, errlen);
+  if (rc != 0)
+    return rc;
+  rc = exec_sql(db, "BEGIN IMMEDIATE", err, errlen, "creating the schema");
+  if (rc != 0)
+    return rc;
+  rc =
+      query_int(db, "SELECT count(*) FROM sqlite_master", &tables, err, errlen);
+  if (rc != 0 || tables > 0)
+    goto done; /* made by another process meanwhile: checked by caller */
+  rc = exec_sql(db, schema_sql, err, errlen, "creating the schema");
+  if (rc != 0)
+    goto done;
+  if (os_random(id, sizeof(id)) != 0) {
+    snprintf(err, errlen, "%s: no secure random source for the server id",
+             path);
+    rc = SRV_STORE_EIO;
+    goto done;
+  }
+  rc = sqlite3_prepare_v2(db,
+                          "INSERT INTO meta(key, value) VALUES('server_id', "
+                          "?1), ('created_ms', ?2)",
+                          -1, &st, NULL);
+  if (rc == SQLITE_OK) {
+    sqlite3_bind_blob(st, 1, id, sizeof(id), SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, now_ms());
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE)
+      rc = SQLITE_OK;
+  }
+  if (rc != SQLITE_OK) {
+    snprintf(err, errlen, "writing the server id: %s", sqlite3_errmsg(db));
+    rc = map_sqlite(rc);
+    goto done;
+  }
+  snprintf(sql, sizeof(sql),
+           "PRAGMA application_id = %d; PRAGMA user_version = %d", SRV_APP_ID,
+           SRV_SCHEMA_VERSION);
+  rc = exec_sql(db, sql, err, errlen, "setting the schema version");
+done:
+  sqlite3_finalize(st);
+  if (rc == 0)
+    rc = exec_sql(db, "COMMIT", err, errlen, "creating the schema");
+  if (rc != 0)
+    sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+  return rc;
+}
+
+/* Says what a foreign database looks like, for the error message. */
+static const char *foreign_hint(sqlite3 *db) {
+  sqlite3_stmt *st = NULL;
+  const char *hint = "an SQLite database with other tables";
+
+  if (sqlite3_prepare_v2(db, "SELECT 1 FROM meta WHERE key = 'replica_id'", -1,
+                         &st, NULL) == SQLITE_OK &&
+      sqlite3_step(st) == SQLITE_ROW)
+    hint = "it is a fieldsync client database";
+  sqlite3_finalize(st);
+  return hint;
+}
+
+/* Recognises the file, creating the schema in an empty database, and reads
+ * the server id. Nothing is written to a file that is not ours. */
+static int setup(sqlite3 *db, const char *path, uint8_t id[FSP_ID_LEN],
+                 char *err, size_t errlen) {
+  sqlite3_stmt *st = NULL;
+  int64_t app = 0;
+  int64_t version = 0;
+  int64_t tables = 0;
+  int rc;
+
+  rc = query_int(db, "PRAGMA application_id", &app, err, errlen);
+  if (rc == 0)
+    rc = query_int(db, "PRAGMA user_version", &version, err, errlen);
+  if (rc == 0)
+    rc = query_int(db, "SELECT count(*) FROM sqlite_master", &tables, err,
+                   errlen);
+  if (rc == SRV_STORE_ECORRUPT) {
+    snprintf(err, errlen,
+             "%s: not a fieldsync server database (not an "
+             "SQLite database)",
+             path);
+    return rc;
+  }
+  if (rc != 0)
+    return rc;
+  if (app == 0 && version == 0 && tables == 0) {
+    rc = create_schema(db, path, err, errlen);
+    if (rc != 0)
+      return rc;
+    rc = query_int(db, "PRAGMA application_id", &app, err, errlen);
+    if (rc == 0)
+      rc = query_int(db, "PRAGMA user_version", &version, err, errlen);
+    if (rc != 0)
+      return rc;
+  }
+  if (app != SRV_APP_ID) {
+    snprintf(err, errlen, "%s: not a fieldsync server database (%s)", path,
+             foreign_hint(db));
+    return SRV_STORE_ECORRUPT;
+  }
+  if (version != SRV_SCHEMA_VERSION) {
+    snprintf(err, errlen,
+             "%s: server database schema version %lld is not the one this "
+             "fieldsync supports (%d)",
+             path, (long long)version, SRV_SCHEMA_VERSION);
+    return SRV_STORE_ECORRUPT;
+  }
+  rc = enable_wal(db, path, err, errlen);
+  if (rc != 0)
+    return rc;
+  rc = sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = 'server_id'",
+                          -1, &st, NULL);
+  if (rc == SQLITE_OK)
+    rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW && sqlite3_column_type(st, 0) == SQLITE_BLOB &&
+      sqlite3_column_bytes(st, 0) == FSP_ID_LEN) {
+    memcpy(id, sqlite3_column_blob(st, 0), FSP_ID_LEN);
+    rc = 0;
+  } else if (rc == SQLITE_ROW || rc == SQLITE_DONE) {
+    snprintf(err, errlen, "%s: server database has no valid server id", path);
+    rc = SRV_STORE_ECORRUPT;
+  } else {
+    snprintf(err, errlen, "%s: reading the server id: %s", path,
+             sqlite3_errmsg(db));
+    rc = map_sqlite(rc);
+  }
+  sqlite3_finalize(st);
+  return rc;
+}
+
+int srv_store_open(const char *path, struct srv_store **out, char *err,
+                   size_t errlen) {
+  struct srv_store *s = NULL;
+  sqlite3 *db = NULL;
+  struct stat sb;
+  bool create = false;
+  int rc;
+
+  *out = NULL;
+  if (path == NULL || path[0] == '\0') {
+    snprintf(err, errlen, "no database path given");
+    return SRV_STORE_EINVAL;
+  }
+  if (stat(path, &sb) == 0) {
+    if (S_ISDIR(sb.st_mode)) {
+      snprintf(err, errlen, "cannot open %s: it is a directory", path);
+      return SRV_STORE_EIO;
+    }
+  } else if (errno == ENOENT) {
+    create = true;
+  } else {
+    snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
+    return SRV_STORE_EIO;
+  }
+  s = fsp_calloc(1, sizeof(*s));
+  if (s != NULL)
+    s->path = fsp_strdup(path);
+  if (s == NULL || s->path == NULL) {
+    snprintf(err, errlen, "out of memory");
+    rc = SRV_STORE_ENOMEM;
+    goto fail;
+  }
+  rc = open_handle(path, create, &db, err, errlen);
+  if (rc != 0)
+    goto fail;
+  rc = setup(db, path, s->server_id, err, errlen);
+  if (rc != 0)
+    goto fail;
+  sqlite3_close_v2(db);
+  *out = s;
+  return 0;
+fail:
+  sqlite3_close_v2(db);
+  srv_store_close(s);
+  return rc;
+}
+
+void srv_store_close(struct srv_store *s) {
+  if (s == NULL)
+    return;
+  fsp_free(s->path);
+  fsp_free(s);
+}
+
+void srv_store_server_id(const struct srv_store *s, uint8_t id[16]) {
+  memcpy(id, s->server_id, FSP_ID_LEN);
+}
+
+int srv_store_conn_open(struct srv_store *s, struct srv_store_conn **out,
+                        char *err, size_t errlen) {
+  struct srv_store_conn *c;
+  int rc;
+
+  *out = NULL;
+  c = fsp_calloc(1, sizeof(*c));
+  if (c == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return SRV_STORE_ENOMEM;
+  }
+  c->store = s;
+  fsp_vv_init(&c->in_vv);
+  rc = open_handle(s->path, false, &c->db, err, errlen);
+  if (rc != 0)
+    goto fail;
+  /* synchronous is per connection; the others tune this connection. */
+  rc = exec_sql(c->db,
+                "PRAGMA synchronous = FULL; PRAGMA cache_size = -16384; "
+                "PRAGMA temp_store = MEMORY",
+                err, errlen, "setting up the connection");
+  if (rc != 0)
+    goto fail;
+  *out = c;
+  return 0;
+fail:
+  srv_store_conn_close(c);
+  return rc;
+}
+
+void srv_store_conn_close(struct srv_store_conn *c) {
+  size_t i;
+
+  if (c == NULL)
+    return;
+  for (i = 0; i < ST_COUNT; i++)
+    sqlite3_finalize(c->st[i]);
+  /* sqlite3_close_v2 rolls back an open transaction and cannot fail for
+   * unfinalized statements: all of ours are finalized above. */
+  sqlite3_close_v2(c->db);
+  for (i = 0; i < c->cur_cap; i++)
+    fsp_vv_close(&c->cur[i].vv);
+  fsp_free(c->cur);
+  fsp_free(c->refs);
+  fsp_free(c->keep);
+  fsp_vv_close(&c->in_vv);
+  fsp_free(c->vvbuf);
+  fsp_free(c->order);
+  fsp_free(c);
+}
+
+const char *srv_store_errmsg(const struct srv_store_conn *c) {
+  return c->errmsg;
+}
+
+/* ---- users and devices ------------------------------------------------- */
+
+static bool name_valid(const char *name) {
+  size_t i;
+
+  if (name == NULL || name[0] == '\0')
+    return false;
+  for (i = 0; name[i] != '\0'; i++) {
+    char ch = name[i];
+    if (i >= SRV_NAME_MAX)
+      return false;
+    if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+          (ch >= '0' && ch <= '9') || ch == '.' || ch == '_' || ch == '-'))
+      return false;
+  }
+  return true;
+}
+
+int srv_store_user_add(struct srv_store_conn *c, const char *name, int role) {
+  sqlite3_stmt *st;
+  int rc;
+
+  if (!name_valid(name))
+    return set_err(c, SRV_STORE_EINVAL,
+                   "bad user name: 1 to %d characters of A-Z a-z 0-9 . _ -",
+                   SRV_NAME_MAX);
+  if (role < FIELDSYNC__ROLE__ROLE_INSPECTOR ||
+      role > FIELDSYNC__ROLE__ROLE_HEAD_OFFICE)
+    return set_err(c, SRV_STORE_EINVAL, "bad role %d", role);
+  rc = get_stmt(c, ST_USER_ADD, &st);
+  if (rc != 0)
+    return rc;
+  sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+  sqlite3_bind_int(st, 2, role);
+  sqlite3_bind_int64(st, 3, now_ms());
+  rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (rc == SQLITE_CONSTRAINT_UNIQUE)
+    return set_err(c, SRV_STORE_EEXISTS, "user %s already exists", name);
+  if (rc != SQLITE_DONE)
+    return sql_err(c, rc, "adding a user");
+  return 0;
+}
+
+int srv_store_device_add(struct srv_store_conn *c, const char *user,
+                         char token_out[SRV_TOKEN_LEN + 1],
+                         int64_t *device_id) {
+  uint8_t raw[SRV_TOKEN_RANDOM];
+  uint8_t hash[FSP_HASH_LEN];
+  char token[SRV_TOKEN_LEN + 1];
+  sqlite3_stmt *st;
+  int64_t user_id;
+  int rc;
+
+  token_out[0] = '\0';
+  if (!name_valid(user))
+    return set_err(c, SRV_STORE_ENOTFOUND, "no such user");
+  if (os_random(raw, sizeof(raw)) != 0)
+    return set_err(c, SRV_STORE_EIO, "no secure random source for a token");
+  memcpy(token, SRV_TOKEN_PREFIX, 4);
+  hex_encode(raw, sizeof(raw), token + 4);
+  if (token_hash(token, SRV_TOKEN_LEN, hash) != 0)
+    return set_err(c, SRV_STORE_EIO, "SHA-256 failed (OpenSSL)");
+  rc = run(c, ST_SAVEPOINT, "starting a savepoint");
+  if (rc != 0)
+    return rc;
+  rc = get_stmt(c, ST_USER_FIND, &st);
+  if (rc != 0)
+    goto fail;
+  sqlite3_bind_text(st, 1, user, -1, SQLITE_STATIC);
+  rc = sqlite3_step(st);
+  if (rc == SQLITE_DONE) {
+    sqlite3_reset(st);
+    rc = set_err(c, SRV_STORE_ENOTFOUND, "no user %s", user);
+    goto fail;
+  }
+  if (rc != SQLITE_ROW) {
+    rc = sql_err(c, rc, "looking a user up");
+    sqlite3_reset(st);
+    goto fail;
+  }
+  user_id = sqlite3_column_int64(st, 0);
+  sqlite3_reset(st);
+  rc = get_stmt(c, ST_DEVICE_ADD, &st);
+  if (rc != 0)
+    goto fail;
+  sqlite3_bind_int64(st, 1, user_id);
+  sqlite3_bind_blob(st, 2, hash, sizeof(hash), SQLITE_STATIC);
+  sqlite3_bind_int64(st, 3, now_ms());
+  rc = step_done(c, st, "adding a device");
+  if (rc != 0)
+    goto fail;
+  if (device_id != NULL)
+    *device_id = sqlite3_last_insert_rowid(c->db);
+  rc = run(c, ST_RELEASE, "committing a device");
+  if (rc != 0)
+    goto fail;
+  memcpy(token_out, token, sizeof(token));
+  OPENSSL_cleanse(token, sizeof(token));
+  OPENSSL_cleanse(raw, sizeof(raw));
+  return 0;
+fail:
+  savepoint_abort(c);
+  OPENSSL_cleanse(token, sizeof(token));
+  OPENSSL_cleanse(raw, sizeof(raw));
+  return rc;
+}
+
+/* True when token has the shape of one we issue: "fst_" + 48 lowercase
+ * hex digits. */
+static bool token_shape_ok(const char *token) {
+  size_t i;
+
+  if (token == NULL || strncmp(token, SRV_TOKEN_PREFIX, 4) != 0)
+    return false;
+  for (i = 4; i < SRV_TOKEN_LEN; i++) {
+    char ch = token[i];
+    if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f')))
+      return false;
+  }
+  return token[SRV_TOKEN_LEN] == '\0';
+}
+
+int srv_store_auth(struct srv_store_conn *c, const char *token,
+                   struct srv_identity *who) {
+  uint8_t hash[FSP_HASH_LEN];
+  const unsigned char *name;
+  sqlite3_stmt *st;
+  int rc;
+
+  memset(who, 0, sizeof(*who));
+  /* The message never contains the token (PROTOCOL.md, Security). */
+  if (!token_shape_ok(token))
+    return set_err(c, SRV_STORE_ENOTFOUND, "malformed device token");
+  if (token_hash(token, SRV_TOKEN_LEN, hash) != 0)
+    return set_err(c, SRV_STORE_EIO, "SHA-256 failed (OpenSSL)");
+  rc = get_stmt(c, ST_AUTH, &st);
+  if (rc != 0)
+    return rc;
+  sqlite3_bind_blob(st, 1, hash, sizeof(hash), SQLITE_STATIC);
+  rc = sqlite3_step(st);
+  if (rc == SQLITE_DONE) {
+    rc = set_err(c, SRV_STORE_ENOTFOUND, "unknown device token");
+    goto done;
+  }
+  if (rc != SQLITE_ROW) {
+    rc = sql_err(c, rc, "looking a device token up");
+    goto done;
+  }
+  if (sqlite3_column_bytes(st, 2) != FSP_HASH_LEN ||
+      CRYPTO_memcmp(sqlite3_column_blob(st, 2), hash, FSP_HASH_LEN) != 0) {
+    rc = set_err(c, SRV_STORE_ENOTFOUND, "unknown device token");
+    goto done;
+  }
+  if (sqlite3_column_int(st, 3) != 0) {
+    rc = set_err(c, SRV_STORE_ENOTFOUND, "device token was revoked");
+    goto done;
+  }
+  if (sqlite3_column_int(st, 6) != 0) {
+    rc = set_err(c, SRV_STORE_ENOTFOUND, "the device's user was deleted");
+    goto done;
+  }
+  who->device_id = sqlite3_column_int64(st, 0);
+  who->user_id = sqlite3_column_int64(st, 1);
+  name = sqlite3_column_text(st, 4);
+  snprintf(who->user, sizeof(who->user), "%s",
+           name != NULL ? (const char *)name : "");
+  who->role = sqlite3_column_int(st, 5);
+  rc = 0;
+done:
+  sqlite3_reset(st);
+  return rc;
+}
+
+/* ---- transactions ------------------------------------------------------ */
+
+int srv_store_begin(struct srv_store_conn *c) {
+  int rc = run(c, ST_BEGIN, "starting a transaction");
+
+  c->in_txn = rc == 0;
+  return rc;
+}
+
+int srv_store_commit(struct srv_store_conn *c) {
+  int rc = run(c, ST_COMMIT, "committing");
+
+  if (rc != 0)
+    srv_store_rollback(c);
+  c->in_txn = false;
+  return rc;
+}
+
+void srv_store_rollback(struct srv_store_conn *c) {
+  char keep[sizeof(c->errmsg)];
+
+  c->in_txn = false;
+  if (sqlite3_get_autocommit(c->db))
+    return; /* no transaction (SQLite may have rolled it back itself) */
+  memcpy(keep, c->errmsg, sizeof(keep));
+  run(c, ST_ROLLBACK, "rolling back");
+  memcpy(c->errmsg, keep, sizeof(keep));
+}
+
+/* ---- push -------------------------------------------------------------- */
+
+/* Marks o refused with a wire code and a message; returns 0 (a refusal is
+ * not a store error). */
+static int refuse(struct srv_outcome *o, int code, const char *fmt, ...) {
+  va_list ap;
+
+  o->outcome = FIELDSYNC__OUTCOME__OUTCOME_REFUSED;
+  o->reason_code = code;
+  va_start(ap, fmt);
+  vsnprintf(o->reason, sizeof(o->reason), fmt, ap);
+  va_end(ap);
+  return 0;
+}
+
+/* Refuses for a proto/ failure, or fails the batch when it is ours (out of
+ * memory). */
+static int refuse_fsp(struct srv_store_conn *c, struct srv_outcome *o,
+                      const struct fsp_error *err) {
+  int wire;
+
+  if (err->code == FSP_ENOMEM)
+    return set_err(c, SRV_STORE_ENOMEM, "out of memory (%s)", err->msg);
+  wire = fsp_err_to_wire(err->code);
+  if (wire != FIELDSYNC__ERROR_CODE__ERR_LIMIT_EXCEEDED)
+    wire = FIELDSYNC__ERROR_CODE__ERR_INVALID;
+  return refuse(o, wire, "%s", err->msg);
+}
+
+static bool bytes_ok(protobuf_c_boolean has, const ProtobufCBinaryData *b,
+                     size_t len) {
+  return has && b->len == len && b->data != NULL;
+}
+
+/* The shape fsp_msg_validate_change guarantees, re-checked cheaply so a
+ * caller's mistake is a refusal and never a crash. */
+static bool change_shape_ok(const Fieldsync__Change *ch) {
+  return ch != NULL && ch->key != NULL && ch->scope != NULL &&
+         ch->version != NULL && ch->key->has_collection &&
+         bytes_ok(ch->key->has_id, &ch->key->id, FSP_ID_LEN) &&
+         ch->scope->has_kind &&
+         bytes_ok(ch->scope->has_id, &ch->scope->id, FSP_ID_LEN) &&
+         bytes_ok(ch->version->has_hash, &ch->version->hash, FSP_HASH_LEN) &&
+         !ch->has_seq;
+}
+
+/* Makes room for n current versions in c's scratch. */
+static int reserve_cur(struct srv_store_conn *c, size_t n) {
+  struct cur_version *cur;
+  struct fsp_vref *refs;
+  bool *keep;
+  size_t cap = c->cur_cap == 0 ? 8 : c->cur_cap;
+  size_t i;
+
+  if (n <= c->cur_cap)
+    return 0;
+  while (cap < n)
+    cap *= 2;
+  cur = fsp_realloc(c->cur, cap * sizeof(*cur));
+  if (cur == NULL)
+    return set_err(c, SRV_STORE_ENOMEM, "out of memory");
+  c->cur = cur;
+  for (i = c->cur_cap; i < cap; i++)
+    fsp_vv_init(&c->cur[i].vv);
+  c->cur_cap = cap;
+  refs = fsp_realloc(c->refs, cap * sizeof(*refs));
+  if (refs == NULL)
+    return set_err(c, SRV_STORE_ENOMEM, "out of memory");
+  c->refs = refs;
+  keep = fsp_realloc(c->keep, cap * sizeof(*keep));
+  if (keep == NULL)
+    return set_err(c, SRV_STORE_ENOMEM, "out of memory");
+  c->keep = keep;
+  return 0;
+}
+
+/* Reads the current versions of record into c->cur; *n gets their count. */
+static int load_current(struct srv_store_conn *c, const uint8_t *record,
+                        size_t *n) {
+  sqlite3_stmt *st;
+  size_t k = 0;
+  int rc;
+
+  *n = 0;
+  rc = get_stmt(c, ST_LOAD_CURRENT, &st);
+  if (rc != 0)
+    return rc;
+  sqlite3_bind_blob(st, 1, record, FSP_ID_LEN, SQLITE_STATIC);
+  for (;;) {
+    struct cur_version *v;
+
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW)
+      break;
+    rc = reserve_cur(c, k + 1);
+    if (rc != 0)
+      goto done;
+    v = &c->cur[k];
+    v->seq = sqlite3_column_int64(st, 0);
+    if (sqlite3_column_bytes(st, 1) != FSP_HASH_LEN) {
+      rc = set_err(c, SRV_STORE_ECORRUPT, "stored version %lld is damaged",
+                   (long long)v->seq);
+      goto done;
+    }
+    memcpy(v->hash, sqlite3_column_blob(st, 1), FSP_HASH_LEN);
+    rc = fsp_vv_decode(&v->vv, sqlite3_column_blob(st, 2),
+                       (size_t)sqlite3_column_bytes(st, 2), SRV_STORED_MAX_VV);
+    if (rc == FSP_ENOMEM) {
+      rc = set_err(c, SRV_STORE_ENOMEM, "out of memory");
+      goto done;
+    }
+    if (rc != 0) {
+      rc = set_err(c, SRV_STORE_ECORRUPT,
+                   "stored version %lld has a damaged version vector",
+                   (long long)v->seq);
+      goto done;
+    }
+    k++;
+  }
+  if (rc != SQLITE_DONE) {
+    rc = sql_err(c, rc, "reading current versions");
+    goto done;
+  }
+  rc = 0;
+  *n = k;
+done:
+  sqlite3_reset(st);
+  return rc;
+}
+
+/* The stored row of a record, when there is one. */
+struct record_row {
+  bool exists;
+  int collection;
+  int scope_kind;
+  uint8_t scope_id[FSP_ID_LEN];
+};
+
+static int load_record(struct srv_store_conn *c, const uint8_t *id,
+                       struct record_row *r) {
+  sqlite3_stmt *st;
+  int rc;
+
+  memset(r, 0, sizeof(*r));
+  rc = get_stmt(c, ST_LOAD_RECORD, &st);
+  if (rc != 0)
+    return rc;
+  sqlite3_bind_blob(st, 1, id, FSP_ID_LEN, SQLITE_STATIC);
+  rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
+    r->exists = true;
+    r->collection = sqlite3_column_int(st, 0);
+    r->scope_kind = sqlite3_column_int(st, 1);
+    if (sqlite3_column_bytes(st, 2) == FSP_ID_LEN)
+      memcpy(r->scope_id, sqlite3_column_blob(st, 2), FSP_ID_LEN);
+    rc = 0;
+  } else if (rc == SQLITE_DONE) {
+    rc = 0;
+  } else {
+    rc = sql_err(c, rc, "reading a record");
+  }
+  sqlite3_reset(st);
+  return rc;
+}
+
+/* Looks (record, hash, vv) up in the history: *found, and *current when
+ * found. The vector is c->vvbuf (len bytes). */
+static int find_version(struct srv_store_conn *c, const Fieldsync__Change *ch,
+                        size_t len, bool *found, bool *current) {
+  sqlite3_stmt *st;
+  int rc;
+
+  *found = false;
+  *current = false;
+  rc = get_stmt(c, ST_FIND_VERSION, &st);
+  if (rc != 0)
+    return rc;
+  sqlite3_bind_blob(st, 1, ch->key->id.data, FSP_ID_LEN, SQLITE_STATIC);
+  sqlite3_bind_blob(st, 2, ch->version->hash.data, FSP_HASH_LEN, SQLITE_STATIC);
+  sqlite3_bind_blob(st, 3, c->vvbuf, (int)len, SQLITE_STATIC);
+  rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
+    *found = true;
+    *current = sqlite3_column_int(st, 0) != 0;
+    rc = 0;
+  } else if (rc == SQLITE_DONE) {
+    rc = 0;
+  } else {
+    rc = sql_err(c, rc, "looking a version up");
+  }
+  sqlite3_reset(st);
+  return rc;
+}
+
+/* Stores ch's version in the history; vector in c->vvbuf (len bytes). */
+static int insert_version(struct srv_store_conn *c,
+                          const struct srv_identity *who,
+                          const Fieldsync__Change *ch, size_t len, bool deleted,
+                          bool current, int64_t received) {
+  const Fieldsync__Version *v = ch->version;
+  sqlite3_stmt *st;
+  int rc;
+
+  rc = get_stmt(c, ST_INSERT_VERSION, &st);
+  if (rc != 0)
+    return rc;
+  sqlite3_bind_blob(st, 1, ch->key->id.data, FSP_ID_LEN, SQLITE_STATIC);
+  sqlite3_bind_blob(st, 2, v->hash.data, FSP_HASH_LEN, SQLITE_STATIC);
+  sqlite3_bind_blob(st, 3, c->vvbuf, (int)len, SQLITE_STATIC);
+  sqlite3_bind_int(st, 4, deleted ? 1 : 0);
+  if (deleted)
+    sqlite3_bind_null(st, 5);
+  else if (v->payload.len == 0)
+    sqlite3_bind_zeroblob(st, 5, 0); /* empty, not NULL */
+  else
+    sqlite3_bind_blob64(st, 5, v->payload.data, v->payload.len, SQLITE_STATIC);
+  if (v->author != NULL)
+    sqlite3_bind_text(st, 6, v->author, -1, SQLITE_STATIC);
+  if (v->has_device_time_ms)
+    sqlite3_bind_int64(st, 7, v->device_time_ms);
+  sqlite3_bind_int(st, 8, (int)ch->key->collection);
+  sqlite3_bind_int(st, 9, (int)ch->scope->kind);
+  sqlite3_bind_blob(st, 10, ch->scope->id.data, FSP_ID_LEN, SQLITE_STATIC);
+  if (who != NULL) {
+    sqlite3_bind_int64(st, 11, who->user_id);
+    sqlite3_bind_int64(st, 12, who->device_id);
+  }
+  sqlite3_bind_int64(st, 13, received);
+  sqlite3_bind_int(st, 14, current ? 1 : 0);
+  return step_done(c, st, "storing a version");
+}
+
+static int supersede(struct srv_store_conn *c, int64_t seq) {
+  sqlite3_stmt *st;
+  int rc = get_stmt(c, ST_SUPERSEDE, &st);
+
+  if (rc != 0)
+    return rc;
+  sqlite3_bind_int64(st, 1, seq);
+  return step_done(c, st, "superseding a version");
+}
+
+static int upsert_record(struct srv_store_conn *c, const Fieldsync__Change *ch,
+                         bool reuse) {
+  sqlite3_stmt *st;
+  int rc = get_stmt(c, ST_UPSERT_RECORD, &st);
+
+  if (rc != 0)
+    return rc;
+  sqlite3_bind_blob(st, 1, ch->key->id.data, FSP_ID_LEN, SQLITE_STATIC);
+  sqlite3_bind_int(st, 2, (int)ch->key->collection);
+  sqlite3_bind_int(st, 3, (int)ch->scope->kind);
+  sqlite3_bind_blob(st, 4, ch->scope->id.data, FSP_ID_LEN, SQLITE_STATIC);
+  sqlite3_bind_int(st, 5, reuse ? 1 : 0);
+  return step_done(c, st, "writing a record");
+}
+
+/* Checks a non-tombstone's payload: it decodes as its collection and its
+ * derived scope is the change's scope. Returns 0 (o refused or not) or a
+ * store error. */
+static int check_payload(struct srv_store_conn *c,
+                         const struct fsp_collection *col,
+                         const Fieldsync__Change *ch,
+                         const struct fsp_limits *lim, struct srv_outcome *o) {
+  const Fieldsync__Version *v = ch->version;
+  ProtobufCMessage *msg = NULL;
+  struct fsp_budget budget;
+  struct fsp_error err;
+  uint8_t scope_id[FSP_ID_LEN];
+  int kind = 0;
+  int rc;
+
+  rc = fsp_payload_decode(col, v->payload.data, v->payload.len, lim, &budget,
+                          &msg, &err);
+  if (rc != 0)
+    return refuse_fsp(c, o, &err);
+  rc = fsp_payload_scope(col, ch->key->id.data, msg, &kind, scope_id, &err);
+  fsp_payload_free(msg, &budget);
+  if (rc != 0)
+    return refuse_fsp(c, o, &err);
+  if (kind != (int)ch->scope->kind ||
+      memcmp(scope_id, ch->scope->id.data, FSP_ID_LEN) != 0)
+    return refuse(o, FIELDSYNC__ERROR_CODE__ERR_INVALID,
+                  "scope does not match the payload");
+  return 0;
+}
+
+/* Checks a tombstone's scope: the stored record's, or for a record not
+ * seen yet, what its collection allows. */
+static void check_tombstone(const struct fsp_collection *col,
+                            const Fieldsync__Change *ch,
+                            const struct record_row *r, struct srv_outcome *o) {
+  if (r->exists) {
+    if (r->scope_kind != (int)ch->scope->kind ||
+        memcmp(r->scope_id, ch->scope->id.data, FSP_ID_LEN) != 0)
+      refuse(o, FIELDSYNC__ERROR_CODE__ERR_INVALID,
+             "scope does not match the record's stored scope");
+    return;
+  }
+  if ((int)ch->scope->kind != col->scope_kind ||
+      (col->scope_field == NULL &&
+       memcmp(ch->scope->id.data, ch->key->id.data, FSP_ID_LEN) != 0))
+    refuse(o, FIELDSYNC__ERROR_CODE__ERR_INVALID,
+           "scope does not match the record");
+}
+
+/* Copies ch's vector into c->in_vv and its canonical encoding into
+ * c->vvbuf; *len gets the encoding's size. 0 with o refused when the
+ * vector is bad, else a store error. */
+static int take_vv(struct srv_store_conn *c, const Fieldsync__Change *ch,
+                   const struct fsp_limits *lim, size_t *len,
+                   struct srv_outcome *o) {
+  struct fsp_error err;
+  size_t need;
+
+  *len = 0;
+  if (fsp_msg_vv_from_pb(&c->in_vv, ch->version->vv, ch->version->n_vv,
+                         lim->max_vv, &err) != 0)
+    return refuse_fsp(c, o, &err);
+  need = fsp_vv_encoded_size(&c->in_vv);
+  if (need > c->vvbuf_cap) {
+    uint8_t *b = fsp_realloc(c->vvbuf, need);
+    if (b == NULL)
+      return set_err(c, SRV_STORE_ENOMEM, "out of memory");
+    c->vvbuf = b;
+    c->vvbuf_cap = need;
+  }
+  fsp_vv_encode(&c->in_vv, c->vvbuf);
+  *len = need;
+  return 0;
+}
+
+/* Checks, merges and stores one change (inside the push savepoint). A
+ * refused change fills o and returns 0; a store error is returned. */
+static int push_one(struct srv_store_conn *c, const struct srv_identity *who,
+                    const Fieldsync__Change *ch, const struct fsp_limits *lim,
+                    int64_t received, struct srv_outcome *o) {
+  const struct fsp_collection *col;
+  struct fsp_merge_result res;
+  struct fsp_vref inref;
+  struct record_row rec;
+  size_t ncur = 0;
+  size_t len = 0;
+  size_t i;
+  bool deleted;
+  bool found;
+  bool current;
+  int rc;
+
+  memset(o, 0, sizeof(*o));
+  if (!change_shape_ok(ch))
+    return refuse(o, FIELDSYNC__ERROR_CODE__ERR_INVALID,
+                  "change is missing its key, scope, version or hash");
+  col = fsp_payload_by_id((int)ch->key->collection);
+  if (col == NULL)
+    return refuse(o, FIELDSYNC__ERROR_CODE__ERR_INVALID,
+                  "unknown collection %d", (int)ch->key->collection);
+  deleted = ch->version->has_deleted && ch->version->deleted;
+  if (!deleted) {
+    rc = check_payload(c, col, ch, lim, o);
+    if (rc != 0 || o->outcome != 0)
+      return rc;
+  }
+  rc = load_record(c, ch->key->id.data, &rec);
+  if (rc != 0)
+    return rc;
+  if (rec.exists && rec.collection != col->id)
+    return refuse(o, FIELDSYNC__ERROR_CODE__ERR_INVALID,
+                  "record id already belongs to another collection");
+  if (deleted) {
+    check_tombstone(col, ch, &rec, o);
+    if (o->outcome != 0)
+      return 0;
+  }
+  rc = take_vv(c, ch, lim, &len, o);
+  if (rc != 0 || o->outcome != 0)
+    return rc;
+  if (rec.exists) {
+    rc = find_version(c, ch, len, &found, &current);
+    if (rc != 0)
+      return rc;
+    if (found) {
+      o->outcome = current ? FIELDSYNC__OUTCOME__OUTCOME_ALREADY_KNOWN
+                           : FIELDSYNC__OUTCOME__OUTCOME_STALE;
+      return 0;
+    }
+    rc = load_current(c, ch->key->id.data, &ncur);
+    if (rc != 0)
+      return rc;
+  }
+  rc = reserve_cur(c, ncur + 1);
+  if (rc != 0)
+    return rc;
+  for (i = 0; i < ncur; i++) {
+    c->refs[i].vv = &c->cur[i].vv;
+    c->refs[i].hash = c->cur[i].hash;
+  }
+  inref.vv = &c->in_vv;
+  inref.hash = ch->version->hash.data;
+  fsp_merge(c->refs, ncur, &inref, c->keep, &res);
+  switch (res.outcome) {
+  case FSP_MERGE_KNOWN:
+    o->outcome = FIELDSYNC__OUTCOME__OUTCOME_ALREADY_KNOWN;
+    return 0;
+  case FSP_MERGE_STALE:
+    o->outcome = FIELDSYNC__OUTCOME__OUTCOME_STALE;
+    return insert_version(c, who, ch, len, deleted, false, received);
+  case FSP_MERGE_CONFLICT:
+    o->outcome = FIELDSYNC__OUTCOME__OUTCOME_CONFLICT;
+    break;
+  case FSP_MERGE_REUSE:
+    o->outcome = FIELDSYNC__OUTCOME__OUTCOME_CONFLICT;
+    snprintf(o->reason, sizeof(o->reason),
+             "replica id reused: an equal version vector with different "
+             "content; both versions kept");
+    break;
+  case FSP_MERGE_NEW:
+  case FSP_MERGE_SUPERSEDED:
+    o->outcome = FIELDSYNC__OUTCOME__OUTCOME_APPLIED;
+    break;
+  }
+  for (i = 0; i < ncur; i++) {
+    if (!c->keep[i]) {
+      rc = supersede(c, c->cur[i].seq);
+      if (rc != 0)
+        return rc;
+    }
+  }
+  rc = insert_version(c, who, ch, len, deleted, true, received);
+  if (rc != 0)
+    return rc;
+  return upsert_record(c, ch, res.outcome == FSP_MERGE_REUSE);
+}
+
+/* Orders by record id, then by place in the batch, so versions of one
+ * record keep their order (PROTOCOL.md: merged in order). */
+static int order_cmp(const void *pa, const void *pb) {
+  const struct order_entry *a = pa;
+  const struct order_entry *b = pb;
+  int d;
+
+  if (a->id != NULL && b->id != NULL) {
+    d = memcmp(a->id, b->id, FSP_ID_LEN);
+    if (d != 0)
+      return d;
+  } else if (a->id != b->id) {
+    return a->id == NULL ? -1 : 1;
+  }
+  return a->i < b->i ? -1 : a->i > b->i;
+}
+
+int srv_store_push(struct srv_store_conn *c, const struct srv_identity *who,
+                   Fieldsync__Change *const *changes, size_t n,
+                   const struct fsp_limits *lim, struct srv_outcome *out) {
+  struct fsp_limits deflim;
+  int64_t received = now_ms();
+  size_t k;
+  int rc;
+
+  if (lim == NULL) {
+    fsp_limits_default(&deflim);
+    lim = &deflim;
+  }
+  if (n == 0)
+    return 0;
+  if (c->in_txn && sqlite3_get_autocommit(c->db))
+    return set_err(c, SRV_STORE_EIO,
+                   "the transaction was rolled back by an earlier error");
+  if (n > c->order_cap) {
+    struct order_entry *o = fsp_realloc(c->order, n * sizeof(*o));
+    if (o == NULL)
+      return set_err(c, SRV_STORE_ENOMEM, "out of memory");
+    c->order = o;
+    c->order_cap = n;
+  }
+  /* Applying in key order keeps SQLite's B-tree inserts local. */
+  for (k = 0; k < n; k++) {
+    const Fieldsync__Change *ch = changes[k];
+    c->order[k].i = k;
+    c->order[k].id = ch != NULL && ch->key != NULL &&
+                             bytes_ok(ch->key->has_id, &ch->key->id, FSP_ID_LEN)
+                         ? ch->key->id.data
+                         : NULL;
+  }
+  qsort(c->order, n, sizeof(*c->order), order_cmp);
+  rc = run(c, ST_SAVEPOINT, "starting a savepoint");
+  if (rc != 0)
+    return rc;
+  for (k = 0; k < n; k++) {
+    size_t i = c->order[k].i;
+    rc = push_one(c, who, changes[i], lim, received, &out[i]);
+    if (rc != 0)
+      goto fail;
+  }
+  rc = run(c, ST_RELEASE, "releasing a savepoint");
+  if (rc != 0)
+    goto fail;
+  return 0;
+fail:
+  savepoint_abort(c);
+  return rc;
+}
+
+/* ---- pull -------------------------------------------------------------- */
+
+/* A feed change and everything it points to, in one allocation: this
+ * struct, then nvv VvEntry, nvv pointers, the vector's bytes, the payload
+ * and the author. `c` comes first, so the Change pointer is the block. */
+struct page_change {
+  Fieldsync__Change c;
+  Fieldsync__RecordKey key;
+  Fieldsync__ScopeKey scope;
+  Fieldsync__Version v;
+  uint8_t id[FSP_ID_LEN];
+  uint8_t scope_id[FSP_ID_LEN];
+  uint8_t hash[FSP_HASH_LEN];
+};
+
+static uint64_t load_be64(const uint8_t *p) {
+  uint64_t x = 0;
+  int i;
+
+  for (i = 0; i < 8; i++)
+    x = (x << 8) | p[i];
+  return x;
+}
+
+/* Builds the change of the current pull row. */
+static int build_change(struct srv_store_conn *c, sqlite3_stmt *st,
+                        Fieldsync__Change **out) {
+  struct page_change *pc;
+  Fieldsync__VvEntry *e;
+  Fieldsync__VvEntry **ep;
+  uint8_t *vvb;
+  uint8_t *bytes;
+  int64_t seq = sqlite3_column_int64(st, 0);
+  size_t vvlen = (size_t)sqlite3_column_bytes(st, 6);
+  size_t plen = (size_t)sqlite3_column_bytes(st, 8);
+  size_t alen = (size_t)sqlite3_column_bytes(st, 9);
+  bool deleted = sqlite3_column_int(st, 7) != 0;
+  bool has_author = sqlite3_column_type(st, 9) != SQLITE_NULL;
+  size_t nvv = vvlen / FSP_VV_ENTRY_BYTES;
+  size_t i;
+
+  *out = NULL;
+  if (sqlite3_column_bytes(st, 1) != FSP_ID_LEN ||
+      sqlite3_column_bytes(st, 4) != FSP_ID_LEN ||
+      sqlite3_column_bytes(st, 5) != FSP_HASH_LEN || vvlen == 0 ||
+      vvlen % FSP_VV_ENTRY_BYTES != 0)
+    return set_err(c, SRV_STORE_ECORRUPT, "stored version %lld is damaged",
+                   (long long)seq);
+  pc = fsp_malloc(sizeof(*pc) + nvv * (sizeof(*e) + sizeof(*ep)) + vvlen +
+                  plen + alen + 1);
+  if (pc == NULL)
+    return set_err(c, SRV_STORE_ENOMEM, "out of memory");
+  e = (Fieldsync__VvEntry *)(pc + 1);
+  ep = (Fieldsync__VvEntry **)(e + nvv);
+  vvb = (uint8_t *)(ep + nvv);
+  bytes = vvb + vvlen;
+
+  fieldsync__change__init(&pc->c);
+  fieldsync__record_key__init(&pc->key);
+  fieldsync__scope_key__init(&pc->scope);
+  fieldsync__version__init(&pc->v);
+  memcpy(pc->id, sqlite3_column_blob(st, 1), FSP_ID_LEN);
+  memcpy(pc->scope_id, sqlite3_column_blob(st, 4), FSP_ID_LEN);
+  memcpy(pc->hash, sqlite3_column_blob(st, 5), FSP_HASH_LEN);
+  memcpy(vvb, sqlite3_column_blob(st, 6), vvlen);
+
+  pc->key.has_collection = 1;
+  pc->key.collection = (Fieldsync__Collection)sqlite3_column_int(st, 2);
+  pc->key.has_id = 1;
+  pc->key.id.data = pc->id;
+  pc->key.id.len = FSP_ID_LEN;
+  pc->scope.has_kind = 1;
+  pc->scope.kind = (Fieldsync__ScopeKind)sqlite3_column_int(st, 3);
+  pc->scope.has_id = 1;
+  pc->scope.id.data = pc->scope_id;
+  pc->scope.id.len = FSP_ID_LEN;
+
+  for (i = 0; i < nvv; i++) {
+    uint8_t *p = vvb + i * FSP_VV_ENTRY_BYTES;
+    fieldsync__vv_entry__init(&e[i]);
+    e[i].has_replica = 1;
+    e[i].replica.data = p;
+    e[i].replica.len = FSP_ID_LEN;
+    e[i].has_counter = 1;
+    e[i].counter = load_be64(p + FSP_ID_LEN);
+    ep[i] = &e[i];
+  }
+  pc->v.n_vv = nvv;
+  pc->v.vv = ep;
+  pc->v.has_hash = 1;
+  pc->v.hash.data = pc->hash;
+  pc->v.hash.len = FSP_HASH_LEN;
+  if (deleted) {
+    pc->v.has_deleted = 1;
+    pc->v.deleted = 1;
+  } else {
+    if (plen > 0)
+      memcpy(bytes, sqlite3_column_blob(st, 8), plen);
+    pc->v.has_payload = 1;
+    pc->v.payload.data = bytes;
+    pc->v.payload.len = plen;
+  }
+  bytes += plen;
+  if (has_author) {
+    if (alen > 0)
+      memcpy(bytes, sqlite3_column_text(st, 9), alen);
+    bytes[alen] = '\0';
+    pc->v.author = (char *)bytes;
+  }
+  if (sqlite3_column_type(st, 10) != SQLITE_NULL) {
+    pc->v.has_device_time_ms = 1;
+    pc->v.device_time_ms = sqlite3_column_int64(st, 10);
+  }
+  pc->c.key = &pc->key;
+  pc->c.scope = &pc->scope;
+  pc->c.version = &pc->v;
+  pc->c.has_seq = 1;
+  pc->c.seq = (uint64_t)seq;
+  *out = &pc->c;
+  return 0;
+}
+
+/* Bytes a change adds to an encoded Changes message: the field tag, the
+ * length varint and the change itself. */
+static size_t change_wire_size(const Fieldsync__Change *ch) {
+  size_t n = fieldsync__change__get_packed_size(ch);
+  size_t len = 1;
+  size_t x;
+
+  for (x = n; x >= 0x80; x >>= 7)
+    len++;
+  return 1 + len + n;
+}
+
+int srv_store_pull(struct srv_store_conn *c, uint64_t cursor,
+                   uint32_t max_records, size_t max_bytes,
+                   struct srv_page *page) {
+  Fieldsync__Change *ch = NULL;
+  sqlite3_stmt *st;
+  size_t cap = 0;
+  size_t total = 0;
+  int rc;
+
+  memset(page, 0, sizeof(*page));
+  page->next_cursor = cursor;
+  if (cursor >= (uint64_t)INT64_MAX)
+    return 0; /* no seq is that large */
+  rc = get_stmt(c, ST_PULL, &st);
+  if (rc != 0)
+    return rc;
+  sqlite3_bind_int64(st, 1, (sqlite3_int64)cursor);
+  sqlite3_bind_int64(st, 2, (sqlite3_int64)max_records + 1);
+  for (;;) {
+    size_t size;
+    int step = sqlite3_step(st);
+
+    if (step == SQLITE_DONE)
+      break;
+    if (step != SQLITE_ROW) {
+      rc = sql_err(c, step, "reading the change feed");
+      goto fail;
+    }
+    if (page->n == max_records) {
+      page->more = true;
+      break;
+    }
+    rc = build_change(c, st, &ch);
+    if (rc != 0)
+      goto fail;
+    size = change_wire_size(ch);
+    if (page->n > 0 && (size > max_bytes || total > max_bytes - size)) {
+      fsp_free(ch);
+      page->more = true; /* this row is after next_cursor */
+      break;
+    }
+    if (page->n == cap) {
+      size_t ncap = cap == 0 ? 16 : cap * 2;
+      Fieldsync__Change **nc;
+      if (ncap > max_records)
+        ncap = max_records;
+      nc = fsp_realloc(page->changes, ncap * sizeof(*nc));
+      if (nc == NULL) {
+        fsp_free(ch);
+        rc = set_err(c, SRV_STORE_ENOMEM, "out of memory");
+        goto fail;
+      }
+      page->changes = nc;
+      cap = ncap;
+    }
+    page->changes[page->n++] = ch;
+    total += size;
+    page->next_cursor = ch->seq;
+  }
+  sqlite3_reset(st);
+  return 0;
+fail:
+  sqlite3_reset(st);
+  srv_page_free(page);
+  page->next_cursor = cursor;
+  return rc;
+}
+
+void srv_page_free(struct srv_page *page) {
+  size_t i;
+
+  if (page == NULL)
+    return;
+  for (i = 0; i < page->n; i++)
+    fsp_free(page->changes[i]); /* one block per change (build_change) */
+  fsp_free(page->changes);
+  page->changes = NULL;
+  page->n = 0;
+  page->more = false;
+}
+
+/* ---- for tests and operators ------------------------------------------- */
+
+int srv_store_counts(struct srv_store_conn *c, int64_t *records,
+                     int64_t *history, int64_t *current) {
+  sqlite3_stmt *st = NULL;
+  int rc =
+      sqlite3_prepare_v2(c->db,
+                         "SELECT (SELECT count(*) FROM records), "
+                         "(SELECT count(*) FROM versions), "
+                         "(SELECT count(*) FROM versions WHERE current = 1)",
+                         -1, &st, NULL);
+
+  if (rc == SQLITE_OK)
+    rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
+    *records = sqlite3_column_int64(st, 0);
+    *history = sqlite3_column_int64(st, 1);
+    *current = sqlite3_column_int64(st, 2);
+    rc = 0;
+  } else {
+    rc = sql_err(c, rc, "counting");
+  }
+  sqlite3_finalize(st);
+  return rc;
+}
+
+/* Fails unless every hot statement is answered from an index (its own
+ * one where it needs a particular one): no full scan and no sort, whatever
+ * the database's size. */
+static int check_plans(struct srv_store_conn *c) {
+  char sql[1024];
+  size_t i;
+
+  for (i = 0; i < sizeof(indexed_stmts) / sizeof(indexed_stmts[0]); i++) {
+    const char *q = stmt_sql[indexed_stmts[i].id];
+    const char *want = indexed_stmts[i].index;
+    sqlite3_stmt *st = NULL;
+    bool found = want == NULL;
+    int ret = 0;
+    int rc;
+
+    snprintf(sql, sizeof(sql), "EXPLAIN QUERY PLAN %s", q);
+    rc = sqlite3_prepare_v2(c->db, sql, -1, &st, NULL);
+    for (;;) {
+      const char *d;
+
+      if (rc == SQLITE_OK)
+        rc = sqlite3_step(st);
+      if (rc != SQLITE_ROW)
+        break;
+      rc = SQLITE_OK;
+      d = (const char *)sqlite3_column_text(st, 3);
+      if (d == NULL)
+        continue;
+      if (strncmp(d, "SCAN", 4) == 0 || strstr(d, "TEMP B-TREE") != NULL) {
+        ret = set_err(c, SRV_STORE_ECORRUPT,
+                      "query plan without an index (%s) for: %s", d, q);
+        break;
+      }
+      if (want != NULL && strstr(d, want) != NULL)
+        found = true;
+    }
+    if (ret == 0 && rc != SQLITE_DONE)
+      ret = sql_err(c, rc, "explaining a query");
+    if (ret == 0 && !found)
+      ret = set_err(c, SRV_STORE_ECORRUPT,
+                    "query plan does not use index %s for: %s", want, q);
+    sqlite3_finalize(st);
+    if (ret != 0)
+      return ret;
+  }
+  return 0;
+}
+
+int srv_store_check(struct srv_store_conn *c) {
+  sqlite3_stmt *st = NULL;
+  const unsigned char *text;
+  int rc = sqlite3_prepare_v2(c->db, "PRAGMA integrity_check", -1, &st, NULL);
+
+  if (rc == SQLITE_OK)
+    rc = sqlite3_step(st);
+  if (rc != SQLITE_ROW) {
+    rc = sql_err(c, rc, "checking the database");
+    goto done;
+  }
+  text = sqlite3_column_text(st, 0);
+  if (text == NULL || strcmp((const char *)text, "ok") != 0) {
+    rc = set_err(c, SRV_STORE_ECORRUPT, "integrity check: %s",
+                 text != NULL ? (const char *)text : "(no answer)");
+    goto done;
+  }
+  rc = check_plans(c);
+done:
+  sqlite3_finalize(st);
+  return rc;
+}

@@ -1,0 +1,232 @@
+/* SPDX-License-Identifier: MIT */
+/* The writer thread: every write to the store happens here, with group
+ * commit. While one transaction commits (and fsyncs), pushes queue up; the
+ * next transaction takes them all, so many sessions' batches share one
+ * fsync. A job's reply is built only after its transaction committed, and
+ * handed back to the loop thread through a uv_async. */
+#include <stdio.h>
+#include <string.h>
+
+#include "srv.h"
+
+/* Builds job's PushAck from its outcomes (writer thread). */
+static void build_ack(struct srv *srv, struct srv_job *job,
+                      const struct srv_outcome *out, size_t n) {
+  Fieldsync__Envelope env = FIELDSYNC__ENVELOPE__INIT;
+  Fieldsync__PushAck ack = FIELDSYNC__PUSH_ACK__INIT;
+  Fieldsync__RecordOutcome *o = NULL;
+  Fieldsync__RecordOutcome **op = NULL;
+  Fieldsync__Change *const *ch = job->msg.env->push->changes;
+  size_t i;
+
+  if (n > 0) {
+    o = fsp_calloc(n, sizeof(*o));
+    op = fsp_calloc(n, sizeof(*op));
+    if (o == NULL || op == NULL) {
+      job->rc = SRV_STORE_ENOMEM;
+      snprintf(job->err, sizeof(job->err), "out of memory building the ack");
+      goto done;
+    }
+  }
+  for (i = 0; i < n; i++) {
+    fieldsync__record_outcome__init(&o[i]);
+    o[i].key = ch[i]->key;
+    o[i].has_hash = 1;
+    o[i].hash = ch[i]->version->hash;
+    o[i].has_outcome = 1;
+    o[i].outcome = (Fieldsync__Outcome)out[i].outcome;
+    if (out[i].outcome == FIELDSYNC__OUTCOME__OUTCOME_REFUSED) {
+      o[i].has_reason_code = 1;
+      o[i].reason_code = (Fieldsync__ErrorCode)out[i].reason_code;
+      job->refused++;
+    }
+    if (out[i].outcome == FIELDSYNC__OUTCOME__OUTCOME_CONFLICT)
+      job->conflicts++;
+    if (out[i].reason[0] != '\0')
+      o[i].reason = (char *)out[i].reason;
+    op[i] = &o[i];
+  }
+  ack.has_batch_id = 1;
+  ack.batch_id = job->msg.env->push->batch_id;
+  ack.n_outcomes = n;
+  ack.outcomes = op;
+  env.body_case = FIELDSYNC__ENVELOPE__BODY_PUSH_ACK;
+  env.push_ack = &ack;
+  if (fsp_msg_encode_frame(&env, srv->cfg.max_frame, &job->frame,
+                           &job->frame_len) != 0) {
+    job->rc = SRV_STORE_ENOMEM;
+    snprintf(job->err, sizeof(job->err), "cannot encode the ack");
+  }
+done:
+  fsp_free(o);
+  fsp_free(op);
+}
+
+/* Runs one transaction over a list of jobs. */
+static void run_batch(struct srv *srv, struct srv_job *jobs) {
+  struct srv_writer *w = &srv->writer;
+  struct srv_job *job;
+  struct srv_outcome **outs;
+  size_t njobs = 0;
+  size_t k;
+  int rc;
+
+  for (job = jobs; job != NULL; job = job->next)
+    njobs++;
+  outs = fsp_calloc(njobs, sizeof(*outs));
+  rc = outs == NULL ? SRV_STORE_ENOMEM : srv_store_begin(w->conn);
+  for (job = jobs, k = 0; job != NULL; job = job->next, k++) {
+    const Fieldsync__Push *p = job->msg.env->push;
+
+    job->records = p->n_changes;
+    if (rc != 0) {
+      job->rc = rc;
+      continue;
+    }
+    outs[k] = fsp_calloc(p->n_changes > 0 ? p->n_changes : 1,
+                         sizeof(struct srv_outcome));
+    if (outs[k] == NULL) {
+      job->rc = SRV_STORE_ENOMEM;
+      continue;
+    }
+    job->rc = srv_store_push(w->conn, &job->who, p->changes, p->n_changes,
+                             &srv->lim, outs[k]);
+    if (job->rc != 0)
+      snprintf(job->err, sizeof(job->err), "%s",
+               srv_store_errmsg(w->conn));
+  }
+  if (rc == 0) {
+    rc = srv_store_commit(w->conn);
+    if (rc != 0) {
+      /* Nothing of this transaction is durable: no job gets an ack. */
+      srv_store_rollback(w->conn);
+      for (job = jobs; job != NULL; job = job->next) {
+        job->rc = rc;
+        snprintf(job->err, sizeof(job->err), "commit failed: %s",
+                 srv_store_errmsg(w->conn));
+      }
+    }
+  } else if (outs != NULL) {
+    for (job = jobs; job != NULL; job = job->next)
+      snprintf(job->err, sizeof(job->err), "%s", srv_store_errmsg(w->conn));
+  }
+  for (job = jobs, k = 0; job != NULL; job = job->next, k++) {
+    if (job->rc == 0)
+      build_ack(srv, job, outs[k], job->msg.env->push->n_changes);
+    if (outs != NULL)
+      fsp_free(outs[k]);
+  }
+  fsp_free(outs);
+  w->commits++;
+  w->batches += njobs;
+}
+
+static void writer_main(void *arg) {
+  struct srv *srv = arg;
+  struct srv_writer *w = &srv->writer;
+
+  for (;;) {
+    struct srv_job *jobs;
+    struct srv_job *last;
+
+    uv_mutex_lock(&w->lock);
+    while (w->queue == NULL && !w->stop)
+      uv_cond_wait(&w->cond, &w->lock);
+    if (w->queue == NULL && w->stop) {
+      uv_mutex_unlock(&w->lock);
+      break;
+    }
+    jobs = w->queue;
+    last = w->queue_tail;
+    w->queue = NULL;
+    w->queue_tail = NULL;
+    uv_mutex_unlock(&w->lock);
+
+    run_batch(srv, jobs);
+
+    uv_mutex_lock(&w->lock);
+    if (w->done_tail != NULL)
+      w->done_tail->next = jobs;
+    else
+      w->done = jobs;
+    w->done_tail = last;
+    uv_mutex_unlock(&w->lock);
+    uv_async_send(&w->async);
+  }
+}
+
+/* Loop thread: hands finished jobs to their connections. */
+static void on_done(uv_async_t *handle) {
+  struct srv *srv = handle->data;
+  struct srv_writer *w = &srv->writer;
+  struct srv_job *jobs;
+
+  uv_mutex_lock(&w->lock);
+  jobs = w->done;
+  w->done = NULL;
+  w->done_tail = NULL;
+  uv_mutex_unlock(&w->lock);
+  while (jobs != NULL) {
+    struct srv_job *next = jobs->next;
+    jobs->next = NULL;
+    srv_conn_job_done(jobs);
+    jobs = next;
+  }
+}
+
+int srv_writer_start(struct srv *srv) {
+  struct srv_writer *w = &srv->writer;
+  char err[256];
+  int rc;
+
+  memset(w, 0, sizeof(*w));
+  rc = srv_store_conn_open(srv->store, &w->conn, err, sizeof(err));
+  if (rc != 0) {
+    srv_log(SRV_ERROR, "writer_failed", "error=\"%s\"", err);
+    return rc;
+  }
+  if (uv_mutex_init(&w->lock) != 0 || uv_cond_init(&w->cond) != 0)
+    return SRV_STORE_ENOMEM;
+  rc = uv_async_init(srv->loop, &w->async, on_done);
+  if (rc != 0)
+    return rc;
+  w->async.data = srv;
+  rc = uv_thread_create(&w->thread, writer_main, srv);
+  if (rc != 0)
+    return rc;
+  w->started = true;
+  return 0;
+}
+
+void srv_writer_submit(struct srv *srv, struct srv_job *job) {
+  struct srv_writer *w = &srv->writer;
+
+  job->next = NULL;
+  uv_mutex_lock(&w->lock);
+  if (w->queue_tail != NULL)
+    w->queue_tail->next = job;
+  else
+    w->queue = job;
+  w->queue_tail = job;
+  uv_cond_signal(&w->cond);
+  uv_mutex_unlock(&w->lock);
+}
+
+void srv_writer_stop(struct srv *srv) {
+  struct srv_writer *w = &srv->writer;
+
+  if (!w->started)
+    return;
+  uv_mutex_lock(&w->lock);
+  w->stop = true;
+  uv_cond_signal(&w->cond);
+  uv_mutex_unlock(&w->lock);
+  uv_thread_join(&w->thread);
+  on_done(&w->async); /* anything finished after the last wake-up */
+  uv_close((uv_handle_t *)&w->async, NULL);
+  srv_store_conn_close(w->conn);
+  w->conn = NULL;
+  uv_mutex_destroy(&w->lock);
+  uv_cond_destroy(&w->cond);
+  w->started = false;
+}
