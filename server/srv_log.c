@@ -23,7 +23,7 @@ void srv_log(enum srv_log_level level, const char *event, const char *fmt,
   va_list ap;
   int n;
 
-  if (log_quiet && level < SRV_WARN)
+  if (level < (log_quiet ? SRV_WARN : SRV_INFO))
     return;
   clock_gettime(CLOCK_REALTIME, &now);
   gmtime_r(&now.tv_sec, &tm);
