@@ -69,6 +69,14 @@ struct cli_cmd {
 /* The command table (cli_cmd.c), ending with a NULL name. */
 extern const struct cli_cmd cli_cmd_table[];
 
+/* Opens cli->db_path (never creating it); reports failures. Returns
+ * CLI_EXIT_OK or an exit status (cli_cmd.c). */
+int cli_open_db(struct cli *cli);
+
+/* cli_sync.c: the sync command and its options. */
+extern const struct cli_opt cli_sync_opts[];
+int cli_cmd_sync(struct cli *cli, const struct cli_args *a);
+
 /* cli_args.c */
 
 /* Results of cli_args_parse(). */

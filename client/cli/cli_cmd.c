@@ -84,7 +84,7 @@ static int open_failed(struct cli *cli, int rc, bool creating) {
 }
 
 /* Opens the existing database (every command but init). */
-static int open_db(struct cli *cli) {
+int cli_open_db(struct cli *cli) {
   int rc = fieldsync_open(cli->db_path, 0, NULL, &cli->db);
 
   if (rc != 0)
@@ -199,7 +199,7 @@ static int cmd_add(struct cli *cli, const struct cli_args *a) {
   ret = check_assignments(cli, a);
   if (ret != CLI_EXIT_OK)
     return ret;
-  ret = open_db(cli);
+  ret = cli_open_db(cli);
   if (ret != CLI_EXIT_OK)
     return ret;
   rc = fieldsync_draft_new(cli->db, a->pos[0], &d);
@@ -231,7 +231,7 @@ static int cmd_edit(struct cli *cli, const struct cli_args *a) {
   ret = check_assignments(cli, a);
   if (ret != CLI_EXIT_OK)
     return ret;
-  ret = open_db(cli);
+  ret = cli_open_db(cli);
   if (ret != CLI_EXIT_OK)
     return ret;
   rc = fieldsync_draft_for_edit(cli->db, a->pos[0], &d);
@@ -250,7 +250,7 @@ done:
 }
 
 static int cmd_delete(struct cli *cli, const struct cli_args *a) {
-  int ret = open_db(cli);
+  int ret = cli_open_db(cli);
   int rc;
 
   if (ret != CLI_EXIT_OK)
@@ -264,7 +264,7 @@ static int cmd_delete(struct cli *cli, const struct cli_args *a) {
 static int cmd_show(struct cli *cli, const struct cli_args *a) {
   char *json = NULL;
   char err[256];
-  int ret = open_db(cli);
+  int ret = cli_open_db(cli);
   int rc;
 
   if (ret != CLI_EXIT_OK)
@@ -317,7 +317,7 @@ static int list_cb(const char *json, void *data) {
 static int run_query(struct cli *cli, const struct fieldsync_query *q,
                      bool json) {
   struct list_state s;
-  int ret = open_db(cli);
+  int ret = cli_open_db(cli);
   int rc;
 
   if (ret != CLI_EXIT_OK)
@@ -376,7 +376,7 @@ static int cmd_resolve(struct cli *cli, const struct cli_args *a) {
   ret = check_assignments(cli, a);
   if (ret != CLI_EXIT_OK)
     return ret;
-  ret = open_db(cli);
+  ret = cli_open_db(cli);
   if (ret != CLI_EXIT_OK)
     return ret;
   if (keep != NULL) {
@@ -434,7 +434,7 @@ static int cmd_export(struct cli *cli, const struct cli_args *a) {
   if (format == FIELDSYNC_FORMAT_CSV && collection == NULL)
     return cli_out_usage(cli->cmd, "CSV export needs a COLLECTION (its "
                                    "columns are that collection's fields)");
-  ret = open_db(cli);
+  ret = cli_open_db(cli);
   if (ret != CLI_EXIT_OK)
     return ret;
   memset(&s, 0, sizeof(s));
@@ -449,7 +449,7 @@ static int cmd_export(struct cli *cli, const struct cli_args *a) {
 
 static int cmd_import(struct cli *cli, const struct cli_args *a) {
   size_t n = 0;
-  int ret = open_db(cli);
+  int ret = cli_open_db(cli);
   int rc;
 
   if (ret != CLI_EXIT_OK)
@@ -467,7 +467,7 @@ static void field_cb(const char *name, const char *type, void *data) {
 }
 
 static int cmd_fields(struct cli *cli, const struct cli_args *a) {
-  int ret = open_db(cli);
+  int ret = cli_open_db(cli);
   int rc;
 
   if (ret != CLI_EXIT_OK)
@@ -621,6 +621,17 @@ const struct cli_cmd cli_cmd_table[] = {
      "whole or not at all: a bad row stops the import, the message names\n"
      "its line, and nothing from the file is kept.\n",
      NULL, names_collection, 2, 2, cmd_import},
+    {"sync", "sync --server HOST:PORT [--token TOKEN] [--timeout-ms MS] [--json]",
+     "sync with a fieldsync server",
+     "Pushes every local change the server has not acknowledged, then pulls\n"
+     "everyone else's changes. The token may also come from\n"
+     "$FIELDSYNC_TOKEN (keeps it out of the process list). Concurrent edits\n"
+     "arrive as conflicts ('fieldsync conflicts'); nothing is overwritten.\n"
+     "A sync that is interrupted loses nothing: run it again. Shows a\n"
+     "progress bar on a terminal, plain lines otherwise, then a summary\n"
+     "(--json: as a JSON object). Exits 1 when the sync did not complete\n"
+     "and 3 when it completed but the server refused some records.\n",
+     cli_sync_opts, names_none, 0, 0, cli_cmd_sync},
     {"fields", "fields COLLECTION", "list a collection's fields and types",
      "Lists the fields of COLLECTION with their types: what FIELD=VALUE\n"
      "accepts in add, edit and resolve.\n",
