@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
 # README's main command: installs what is missing (Debian, as root), builds
-# everything, and runs the main job: the field-visit demo when it is built,
-# otherwise the protocol self-check (every message type encoded, framed,
-# decoded and validated, then the protocol micro-benchmark).
+# everything, and runs the main job: the field-visit demo (tools/demo/demo.sh:
+# a server and four offline replicas on loopback), or, in a build without the
+# server and client, the protocol self-check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,8 +12,8 @@ jobs=$(nproc 2>/dev/null || echo 2)
 cmake -S . -B build >/dev/null
 cmake --build build -j "$jobs" >/dev/null
 
-if [ -x build/tools/demo/fieldsync-demo ]; then
-  exec build/tools/demo/fieldsync-demo "$@"
+if [ -x build/server/fieldsyncd ] && [ -x build/client/fieldsync ]; then
+  exec tools/demo/demo.sh build
 fi
 
 echo "fieldsync protocol self-check"
