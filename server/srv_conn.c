@@ -465,7 +465,9 @@ static void work_cb(uv_work_t *req) {
   } else {
     struct srv_page page;
     /* Leave room in the frame for the envelope around the changes. */
-    size_t max_bytes = srv->cfg.max_frame - 64u * 1024u;
+    size_t max_bytes = srv->cfg.max_frame > 128u * 1024u
+                           ? srv->cfg.max_frame - 64u * 1024u
+                           : srv->cfg.max_frame / 2u;
 
     memset(&page, 0, sizeof(page));
     job->rc = srv_store_pull(rc, job->cursor, job->max_records, max_bytes,

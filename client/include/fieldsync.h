@@ -367,7 +367,7 @@ struct fieldsync_sync_stats {
   size_t pulled;    /**< versions received in Changes batches */
   size_t applied;   /**< of those, new here (became current) */
   size_t pull_conflicts; /**< of those, left their record in conflict */
-  uint64_t cursor;  /**< the pull cursor after the sync */
+  uint64_t cursor;       /**< the pull cursor after the sync */
 };
 
 /**
@@ -384,7 +384,8 @@ struct fieldsync_sync_stats {
  *
  * Plain TCP: run it inside a trusted network or a TLS tunnel (see the
  * Security section of PROTOCOL.md). Resolving the host name is not bounded
- * by timeout_ms.
+ * by timeout_ms. The pull cursor is not yet tied to the server's id, so a
+ * database should sync with one server (store) only.
  *
  * @param db    the database; no fieldsync_batch_begin() batch may be open
  * @param opts  server, token, limits and callbacks (see the struct)
@@ -400,7 +401,8 @@ struct fieldsync_sync_stats {
  *   "server: ERR_<CODE>: <its message>". ERR_STORAGE, ERR_TIMEOUT,
  *   ERR_SHUTTING_DOWN and ERR_BUSY are transient: retry later, with backoff);
  *   FIELDSYNC_EPROTOCOL (the server sent bytes or messages the protocol does
- *   not allow);
+ *   not allow, or a change this replica cannot apply; nothing of that
+ *   batch is kept);
  *   or a local database error (FIELDSYNC_EIO, FIELDSYNC_EBUSY, ...).
  *   fieldsync_errmsg(db) says what happened in one line.
  *
@@ -438,11 +440,10 @@ typedef void (*fieldsync_sync_done_cb)(int rc,
  *         address; message in db), FIELDSYNC_ENOMEM (no memory, or the OS
  *         refused a thread)
  */
-FIELDSYNC_EXTERN int fieldsync_sync_start(fieldsync_db *db,
-                                          const struct fieldsync_sync_opts *opts,
-                                          fieldsync_sync_done_cb done,
-                                          void *data,
-                                          fieldsync_sync_job **job);
+FIELDSYNC_EXTERN int
+fieldsync_sync_start(fieldsync_db *db, const struct fieldsync_sync_opts *opts,
+                     fieldsync_sync_done_cb done, void *data,
+                     fieldsync_sync_job **job);
 
 /**
  * Waits until the job's sync has ended and its done callback has returned,

@@ -1063,7 +1063,7 @@ static int set_json_field(ProtobufCMessage *m,
   bool list = json_is_array(value);
   size_t n = list ? json_array_size(value) : 1;
   char *arr = NULL;
-  union slot v;
+  union slot v = {0};
   size_t i;
   int rc;
 
@@ -1171,7 +1171,7 @@ int fsc_fields_set(ProtobufCMessage *m, const char *field, const char *text,
                    bool replace_repeated, char *err, size_t errcap) {
   char where[WHERE_MAX];
   const ProtobufCFieldDescriptor *f = lookup(m, field, where, err, errcap);
-  union slot v;
+  union slot v = {0};
   char *arr;
   int rc;
 
@@ -1336,7 +1336,7 @@ static json_t *uint_json(uint64_t x) {
 
 /* One stored value of f at p as JSON; NULL when out of memory. */
 static json_t *elem_json(const ProtobufCFieldDescriptor *f, const void *p) {
-  union slot v;
+  union slot v = {0};
   char name[256];
   char *hex;
   json_t *j;
@@ -1471,7 +1471,7 @@ static void sb_puts(struct sbuf *b, const char *s) {
 /* Appends one stored value of f at p as cell text. */
 static void elem_text(struct sbuf *b, const ProtobufCFieldDescriptor *f,
                       const void *p) {
-  union slot v;
+  union slot v = {0};
   char num[64];
   char *s;
   json_t *j;

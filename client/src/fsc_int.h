@@ -33,6 +33,8 @@ enum fsc_stmt_id {
   FSC_ST_META_SET,
   FSC_ST_OUTGOING,
   FSC_ST_ACK,
+  FSC_ST_SAVEPOINT,
+  FSC_ST_RELEASE,
   FSC_ST_COUNT
 };
 
@@ -158,6 +160,10 @@ int fsc_store_apply(fieldsync_db *db, Fieldsync__Change *const *changes,
                     size_t n, uint64_t cursor, struct fsc_apply_stats *st);
 /* The pull cursor (0 for a new replica). */
 int fsc_store_cursor(fieldsync_db *db, uint64_t *cursor);
+/* Records which server the cursor belongs to: a different server id (a
+ * new or rebuilt server store) resets the cursor to 0 in the same
+ * transaction, so nothing is skipped. Local versions stay as they are. */
+int fsc_store_server(fieldsync_db *db, const uint8_t server_id[16]);
 
 /* Validates msg (a payload of col), derives its scope and writes it as a
  * new local version of r (r->n == 0: a new record with id r->id). Runs

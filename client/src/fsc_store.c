@@ -44,6 +44,8 @@ static const char *const stmt_sql[FSC_ST_COUNT] = {
         "WHERE v.pending > ?1 ORDER BY v.pending LIMIT ?2",
     [FSC_ST_ACK] = "UPDATE versions SET pending = 0 "
                    "WHERE record = ?1 AND hash = ?2 AND pending > 0",
+    [FSC_ST_SAVEPOINT] = "SAVEPOINT fsc_op",
+    [FSC_ST_RELEASE] = "RELEASE fsc_op",
 };
 
 int fsc_stmt(fieldsync_db *db, enum fsc_stmt_id id, sqlite3_stmt **out) {
@@ -173,7 +175,7 @@ void fsc_store_sort(struct fsc_record *r) {
 int fsc_store_load(fieldsync_db *db, const uint8_t id_in[16],
                    struct fsc_record *r) {
   uint8_t id[FSP_ID_LEN];
-  sqlite3_stmt *st;
+  sqlite3_stmt *st = NULL;
   int rc;
 
   memcpy(id, id_in, FSP_ID_LEN); /* id_in may point into r */
@@ -291,7 +293,7 @@ static int write_record_row(fieldsync_db *db, struct fsc_record *r) {
   const uint8_t *visit;
   const uint8_t *service;
   ProtobufCMessage *msg;
-  sqlite3_stmt *st;
+  sqlite3_stmt *st = NULL;
   bool all_deleted = true;
   size_t i;
   int rc;
@@ -341,7 +343,7 @@ static int insert_version(fieldsync_db *db, const uint8_t id[16],
   uint8_t vvbuf[FSP_VV_ENTRY_BYTES * 16];
   uint8_t *vvp = vvbuf;
   size_t vvlen = fsp_vv_encoded_size(&v->vv);
-  sqlite3_stmt *st;
+  sqlite3_stmt *st = NULL;
   int rc;
 
   if (vvlen > sizeof(vvbuf)) {
@@ -371,7 +373,7 @@ static int insert_version(fieldsync_db *db, const uint8_t id[16],
 }
 
 static int meta_get_int(fieldsync_db *db, const char *key, int64_t *out) {
-  sqlite3_stmt *st;
+  sqlite3_stmt *st = NULL;
   int rc = fsc_stmt(db, FSC_ST_META_GET, &st);
 
   if (rc != 0)
@@ -391,7 +393,7 @@ static int meta_get_int(fieldsync_db *db, const char *key, int64_t *out) {
 }
 
 static int meta_set_int(fieldsync_db *db, const char *key, int64_t v) {
-  sqlite3_stmt *st;
+  sqlite3_stmt *st = NULL;
   int rc = fsc_stmt(db, FSC_ST_META_SET, &st);
 
   if (rc != 0)
@@ -401,10 +403,9 @@ static int meta_set_int(fieldsync_db *db, const char *key, int64_t v) {
   return step_done(db, st, "writing meta");
 }
 
-/* The next local change number. Inside a write transaction; the cache is
- * dropped by the caller's rollback path (fsc_store_put_local failure). */
+/* The next local change number, inside the caller's write transaction. */
 static int next_pending(fieldsync_db *db, int64_t *out) {
-  int64_t next;
+  int64_t next = 0;
   int rc = meta_get_int(db, "next_pending", &next);
 
   if (rc != 0)
@@ -416,7 +417,7 @@ static int next_pending(fieldsync_db *db, int64_t *out) {
 int fsc_store_put_local(fieldsync_db *db, struct fsc_record *r, bool deleted,
                         const uint8_t *payload, size_t len) {
   struct fsc_version nv;
-  sqlite3_stmt *st;
+  sqlite3_stmt *st = NULL;
   size_t i;
   int rc;
 
@@ -505,7 +506,7 @@ void fsc_outgoing_free(struct fsc_outgoing *o, size_t n) {
 int fsc_store_outgoing(fieldsync_db *db, int64_t after, size_t max,
                        struct fsc_outgoing **out, size_t *n) {
   struct fsc_outgoing *o;
-  sqlite3_stmt *st;
+  sqlite3_stmt *st = NULL;
   size_t k = 0;
   int rc;
 
@@ -554,7 +555,7 @@ fail:
 }
 
 int fsc_store_ack(fieldsync_db *db, const struct fsc_ack *a, size_t n) {
-  sqlite3_stmt *st;
+  sqlite3_stmt *st = NULL;
   size_t i;
   int rc = fsc_begin(db);
 
@@ -581,6 +582,40 @@ int fsc_store_cursor(fieldsync_db *db, uint64_t *cursor) {
   int rc = meta_get_int(db, "pull_cursor", &c);
 
   *cursor = (uint64_t)c;
+  return rc;
+}
+
+int fsc_store_server(fieldsync_db *db, const uint8_t server_id[16]) {
+  sqlite3_stmt *st = NULL;
+  bool same = false;
+  int rc = fsc_stmt(db, FSC_ST_META_GET, &st);
+
+  if (rc != 0)
+    return rc;
+  sqlite3_bind_text(st, 1, "server_id", -1, SQLITE_STATIC);
+  rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW)
+    same = sqlite3_column_bytes(st, 0) == FSP_ID_LEN &&
+           memcmp(sqlite3_column_blob(st, 0), server_id, FSP_ID_LEN) == 0;
+  sqlite3_reset(st);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+    return fsc_sqlerr(db, rc, "reading the server id");
+  if (same)
+    return 0;
+  rc = fsc_begin(db);
+  if (rc != 0)
+    return rc;
+  rc = fsc_stmt(db, FSC_ST_META_SET, &st);
+  if (rc == 0) {
+    sqlite3_bind_text(st, 1, "server_id", -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 2, server_id, FSP_ID_LEN, SQLITE_STATIC);
+    rc = step_done(db, st, "writing the server id");
+  }
+  if (rc == 0)
+    rc = meta_set_int(db, "pull_cursor", 0);
+  if (rc == 0)
+    return fsc_commit(db);
+  fsc_rollback(db);
   return rc;
 }
 
@@ -621,7 +656,7 @@ static int apply_one(fieldsync_db *db, const Fieldsync__Change *c,
   bool *keep = keepbuf;
   struct fsp_vref inref;
   struct fsp_merge_result res;
-  sqlite3_stmt *st;
+  sqlite3_stmt *st = NULL;
   size_t i;
   size_t j;
   int rc;

@@ -61,8 +61,8 @@ struct batch {
   char **why;             /* fsp_strdup'd reasons for unsent versions */
   Fieldsync__VvEntry *e;
   Fieldsync__VvEntry **ep;
-  size_t n;               /* outgoing versions looked at */
-  size_t k;               /* changes sent */
+  size_t n; /* outgoing versions looked at */
+  size_t k; /* changes sent */
 };
 
 /* ---- messages ---------------------------------------------------------- */
@@ -89,9 +89,8 @@ static void sanitize(char *s) {
 
 /* The wire name of an ErrorCode, e.g. "ERR_FORBIDDEN". */
 static const char *wire_code_name(int code) {
-  const ProtobufCEnumValue *v =
-      protobuf_c_enum_descriptor_get_value(&fieldsync__error_code__descriptor,
-                                           code);
+  const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(
+      &fieldsync__error_code__descriptor, code);
 
   return v != NULL ? v->name : "ERR_UNKNOWN";
 }
@@ -111,18 +110,17 @@ static const char *outcome_name(Fieldsync__Outcome o) {
   }
 }
 
-/* Encodes env and sends it with the given wait limit. No message is
- * recorded: 0, FSP/encoding failures as FIELDSYNC_ENOMEM or
- * FIELDSYNC_EINTERNAL, or fsc_os_send_all's code. */
-static int send_frame(struct sync *s, Fieldsync__Envelope *env,
-                      int timeout_ms) {
+/* Encodes env and sends it. Records no message: returns 0, an encoding
+ * failure as FIELDSYNC_ENOMEM or FIELDSYNC_EINTERNAL, or
+ * fsc_os_send_all's code. */
+static int send_frame(struct sync *s, Fieldsync__Envelope *env) {
   uint8_t *buf;
   size_t len;
   int rc = fsp_msg_encode_frame(env, s->tx.max_frame, &buf, &len);
 
   if (rc != 0)
     return rc == FSP_ENOMEM ? FIELDSYNC_ENOMEM : FIELDSYNC_EINTERNAL;
-  rc = fsc_os_send_all(s->fd, buf, len, timeout_ms);
+  rc = fsc_os_send_all(s->fd, buf, len, s->timeout_ms);
   fsp_free(buf);
   return rc;
 }
@@ -139,14 +137,6 @@ static int net_fail(struct sync *s, int rc, const char *what) {
   if (rc == FIELDSYNC_ENOMEM)
     return fsc_err(s->db, rc, "out of memory while %s", what);
   return fsc_err(s->db, rc, "cannot encode a message while %s", what);
-}
-
-/* Sends env, recording a clear message on failure. */
-static int send_env(struct sync *s, Fieldsync__Envelope *env,
-                    const char *what) {
-  int rc = send_frame(s, env, s->timeout_ms);
-
-  return rc == 0 ? 0 : net_fail(s, rc, what);
 }
 
 /* Records that the server broke the protocol, tells it why (best effort:
@@ -175,7 +165,7 @@ static int proto_fail(struct sync *s, int wire, const char *fmt, ...) {
   e.message = msg;
   env.body_case = FIELDSYNC__ENVELOPE__BODY_ERROR;
   env.error = &e;
-  (void)send_frame(s, &env, s->timeout_ms);
+  (void)send_frame(s, &env);
   return FIELDSYNC_EPROTOCOL;
 }
 
@@ -195,11 +185,64 @@ static int server_error(struct sync *s, const Fieldsync__Error *e) {
   return code;
 }
 
+/* After a failed send: a server that ends a session sends an Error and
+ * closes, and the close can break our send before we read its reason. If
+ * an Error already sits in the socket, returns its FIELDSYNC_EAUTH or
+ * FIELDSYNC_ESERVER (message recorded); otherwise 0. */
+static int salvage_error(struct sync *s) {
+  struct fsp_error err;
+  struct fsp_msg m;
+  uint8_t *body;
+  size_t len;
+  int rc;
+
+  for (;;) {
+    size_t used = 0;
+    size_t got = 0;
+
+    rc = fsp_frame_feed(&s->dec, s->rbuf + s->roff, s->rlen - s->roff, &used);
+    s->roff += used;
+    if (rc == 1)
+      break;
+    if (rc < 0)
+      return 0;
+    s->roff = 0;
+    s->rlen = 0;
+    /* The peer is gone, so this returns at once unless bytes are late. */
+    if (fsc_os_recv(s->fd, s->rbuf, SYNC_RX_CHUNK, 100, &got) != 0 || got == 0)
+      return 0;
+    s->rlen = got;
+  }
+  fsp_frame_take(&s->dec, &body, &len);
+  rc = fsp_msg_decode(&m, body, len, &s->rx, &err);
+  fsp_free(body);
+  if (rc != 0)
+    return 0;
+  rc = m.env->body_case == FIELDSYNC__ENVELOPE__BODY_ERROR
+           ? server_error(s, m.env->error)
+           : 0;
+  fsp_msg_close(&m);
+  return rc;
+}
+
+/* Sends env, recording a clear message on failure (the server's own
+ * reason when it sent one before it hung up). */
+static int send_env(struct sync *s, Fieldsync__Envelope *env,
+                    const char *what) {
+  int rc = send_frame(s, env);
+
+  if (rc == FIELDSYNC_ENETWORK) {
+    int why = salvage_error(s);
+    if (why != 0)
+      return why;
+  }
+  return rc == 0 ? 0 : net_fail(s, rc, what);
+}
+
 /* Reports a failed fsp_frame_feed. */
 static int frame_fail(struct sync *s, int rc, const char *what) {
   if (rc == FSP_ENOMEM)
-    return fsc_err(s->db, FIELDSYNC_ENOMEM, "out of memory receiving %s",
-                   what);
+    return fsc_err(s->db, FIELDSYNC_ENOMEM, "out of memory receiving %s", what);
   if (rc == FSP_EFRAME_TOO_BIG)
     return proto_fail(s, FIELDSYNC__ERROR_CODE__ERR_FRAME_TOO_LARGE,
                       "frame: longer than the limit of %u bytes (awaiting "
@@ -227,8 +270,7 @@ static int recv_msg(struct sync *s, Fieldsync__Envelope__BodyCase want,
     size_t used = 0;
     size_t got = 0;
 
-    rc = fsp_frame_feed(&s->dec, s->rbuf + s->roff, s->rlen - s->roff,
-                        &used);
+    rc = fsp_frame_feed(&s->dec, s->rbuf + s->roff, s->rlen - s->roff, &used);
     s->roff += used;
     if (rc == 1)
       break;
@@ -245,8 +287,7 @@ static int recv_msg(struct sync *s, Fieldsync__Envelope__BodyCase want,
       /* A truncated frame is ERR_MALFORMED on the wire, but the peer has
        * gone, so for the caller it is a lost connection. */
       return fsc_err(s->db, FIELDSYNC_ENETWORK,
-                     "server %s closed the connection %s %s",
-                     s->opts->server,
+                     "server %s closed the connection %s %s", s->opts->server,
                      fsp_frame_finish(&s->dec) == FSP_ETRUNCATED
                          ? "in the middle of"
                          : "before sending",
@@ -258,8 +299,7 @@ static int recv_msg(struct sync *s, Fieldsync__Envelope__BodyCase want,
   rc = fsp_msg_decode(m, body, len, &s->rx, &err);
   fsp_free(body);
   if (rc == FSP_ENOMEM)
-    return fsc_err(s->db, FIELDSYNC_ENOMEM, "out of memory decoding %s",
-                   what);
+    return fsc_err(s->db, FIELDSYNC_ENOMEM, "out of memory decoding %s", what);
   if (rc != 0)
     return proto_fail(s, fsp_err_to_wire(rc), "%s", err.msg);
   if (m->env->body_case == FIELDSYNC__ENVELOPE__BODY_ERROR) {
@@ -358,6 +398,8 @@ static int handshake(struct sync *s) {
   if (rc != 0)
     return rc;
   rc = adopt_limits(s, m.env->welcome->limits);
+  if (rc == 0)
+    rc = fsc_store_server(s->db, m.env->welcome->server_id.data);
   fsp_msg_close(&m);
   return rc;
 }
@@ -437,9 +479,8 @@ static void batch_close(struct batch *b) {
 static int hold_back(struct sync *s, struct batch *b, size_t i,
                      const char *why) {
   b->why[i] = fsp_strdup(why);
-  return b->why[i] != NULL
-             ? 0
-             : fsc_err(s->db, FIELDSYNC_ENOMEM, "out of memory");
+  return b->why[i] != NULL ? 0
+                           : fsc_err(s->db, FIELDSYNC_ENOMEM, "out of memory");
 }
 
 /* Builds the next Push from o[0..n): wire changes in order, as many as fit
@@ -447,8 +488,8 @@ static int hold_back(struct sync *s, struct batch *b, size_t i,
  * its vv or payload limits, or alone larger than a frame) is held back with
  * a reason. Sets b->n to the versions looked at (sent or held back), which
  * is at least 1. */
-static int build_batch(struct sync *s, const struct fsc_outgoing *o,
-                       size_t n, struct batch *b) {
+static int build_batch(struct sync *s, const struct fsc_outgoing *o, size_t n,
+                       struct batch *b) {
   size_t size = SYNC_PUSH_OVERHEAD;
   size_t nvv = 1;
   size_t i;
@@ -475,8 +516,8 @@ static int build_batch(struct sync *s, const struct fsc_outgoing *o,
 
     to_wire(&o[i], &b->w[i], b->e + nvv, b->ep + nvv);
     nvv += o[i].v.vv.n;
-    if (fsp_msg_validate_change(&b->w[i].c, &s->tx, false, "change",
-                                &err) != 0) {
+    if (fsp_msg_validate_change(&b->w[i].c, &s->tx, false, "change", &err) !=
+        0) {
       snprintf(why, sizeof(why), "not sent: %s", err.msg);
       rc = hold_back(s, b, i, why);
       if (rc != 0)
@@ -701,8 +742,8 @@ static int apply_changes(struct sync *s, const Fieldsync__Changes *ch,
                       "next_cursor did not move");
   if (ch->n_changes == 0 && ch->next_cursor == *cursor)
     return 0; /* nothing new: no transaction needed */
-  rc = fsc_store_apply(s->db, ch->changes, ch->n_changes, ch->next_cursor,
-                       &ast);
+  rc =
+      fsc_store_apply(s->db, ch->changes, ch->n_changes, ch->next_cursor, &ast);
   if (rc == FIELDSYNC_EVALUE) {
     /* fsp_msg validated the envelope, but a payload failed its
      * collection's rules, or a change contradicts a stored record: the
@@ -767,7 +808,7 @@ static void say_bye(struct sync *s) {
 
   env.body_case = FIELDSYNC__ENVELOPE__BODY_BYE;
   env.bye = &bye;
-  (void)send_frame(s, &env, s->timeout_ms);
+  (void)send_frame(s, &env);
 }
 
 /* ---- options ----------------------------------------------------------- */
@@ -820,15 +861,17 @@ static int parse_server(fieldsync_db *db, const char *text,
   for (i = 0; i < hlen; i++) {
     unsigned char c = (unsigned char)h[i];
     if (c <= 0x20 || c == 0x7f || c == '[' || c == ']' || c == '/')
-      return bad_address(db, text, "the host has a character hosts never "
-                                   "have");
+      return bad_address(db, text,
+                         "the host has a character hosts never "
+                         "have");
   }
   if (p[0] == '\0')
     return bad_address(db, text, "no port");
   for (i = 0; p[i] != '\0'; i++) {
     if (p[i] < '0' || p[i] > '9' || i >= 5)
-      return bad_address(db, text, "the port is not a number from 1 to "
-                                   "65535");
+      return bad_address(db, text,
+                         "the port is not a number from 1 to "
+                         "65535");
     v = v * 10 + (unsigned long)(p[i] - '0');
   }
   if (v == 0 || v > 65535)
@@ -905,8 +948,12 @@ int fieldsync_sync(fieldsync_db *db, const struct fieldsync_sync_opts *opts,
     rc = push_all(&s);
   if (rc == 0)
     rc = pull_all(&s);
-  if (rc == 0)
+  if (rc == 0) {
     say_bye(&s);
+    /* Lookups inside the store leave notes such as "no record ..." that
+     * were no failure: after a good sync, errmsg says "ok". */
+    db->errmsg[0] = '\0';
+  }
 done:
   fsc_os_close(s.fd);
   fsp_frame_decoder_close(&s.dec);

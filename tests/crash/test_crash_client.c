@@ -479,13 +479,13 @@ TEST(crash_cli_import) {
   double t_start;
   double t_full;
   double t_end;
+  double t_check;
+  double checking = 0;
   char *version_argv[] = {(char *)cli_path, "--version", NULL};
   sqlite3 *s;
 
   if (cli_path == NULL)
-    test_fail(__FILE__, __LINE__,
-              "no CLI: pass its path or set "
-              "FIELDSYNC_CLI");
+    test_fail(__FILE__, __LINE__, "no CLI: pass its path or set FIELDSYNC_CLI");
   rng = test_seed();
   setup_dir();
   memset(&cs, 0, sizeof(cs));
@@ -553,7 +553,9 @@ TEST(crash_cli_import) {
       test_fail(__FILE__, __LINE__, "import %u failed (status 0x%x)",
                 (unsigned)file, (unsigned)status);
     }
+    t_check = now_ms();
     grew = cli_check(&cs, file, exited_ok(status));
+    checking += now_ms() - t_check;
     if (grew && killed_by_sigkill(status))
       kills_committed++;
   }
@@ -573,10 +575,10 @@ TEST(crash_cli_import) {
 
   printf("# cli: %llu kills in %llu imports (%llu committed before their "
          "kill, %llu finished first); %lld records; kill window %.0f ms; "
-         "%.1f s\n",
+         "%.1f s (checks %.1f s)\n",
          (unsigned long long)kills, (unsigned long long)attempts,
          (unsigned long long)kills_committed, (unsigned long long)finished,
-         (long long)cs.records, t_end, (now_ms() - t0) / 1e3);
+         (long long)cs.records, t_end, (now_ms() - t0) / 1e3, checking / 1e3);
 }
 
 /* ---- library kills ------------------------------------------------------ */

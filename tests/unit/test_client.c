@@ -728,6 +728,38 @@ TEST(same_content_concurrently) {
   fieldsync_close(b);
 }
 
+static size_t count_records(fieldsync_db *db);
+
+TEST(new_server_resets_cursor) {
+  const char *obs[] = {"visit_id", visit_a, NULL};
+  struct fsc_apply_stats st;
+  fieldsync_db *a;
+  fieldsync_db *b;
+  uint64_t seq = 0;
+  uint64_t cursor;
+  uint8_t s1[16] = {1};
+  uint8_t s2[16] = {2};
+  char id[33];
+
+  setup_dir();
+  a = open_new("a.db");
+  b = open_new("b.db");
+  ASSERT_OK(fsc_store_server(b, s1));
+  ASSERT_OK(add(a, "observation", id, obs));
+  relay(a, b, &seq, &st);
+  ASSERT_OK(fsc_store_cursor(b, &cursor));
+  ASSERT_EQ(cursor, 1);
+  ASSERT_OK(fsc_store_server(b, s1)); /* same server: kept */
+  ASSERT_OK(fsc_store_cursor(b, &cursor));
+  ASSERT_EQ(cursor, 1);
+  ASSERT_OK(fsc_store_server(b, s2)); /* another server: from 0 */
+  ASSERT_OK(fsc_store_cursor(b, &cursor));
+  ASSERT_EQ(cursor, 0);
+  ASSERT_EQ(count_records(b), 1); /* local data untouched */
+  fieldsync_close(a);
+  fieldsync_close(b);
+}
+
 TEST(outgoing_batches_in_order) {
   const char *obs[] = {"visit_id", visit_a, NULL};
   struct fsc_outgoing *o;
@@ -1036,6 +1068,7 @@ TEST_LIST(TEST_ENTRY(open_create_and_reopen)
           TEST_ENTRY(resolve_with_new_content)
           TEST_ENTRY(delete_vs_edit_is_a_conflict)
           TEST_ENTRY(same_content_concurrently)
+          TEST_ENTRY(new_server_resets_cursor)
           TEST_ENTRY(outgoing_batches_in_order)
           TEST_ENTRY(apply_is_atomic_with_cursor)
           TEST_ENTRY(import_csv_and_jsonl)

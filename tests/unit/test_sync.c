@@ -49,8 +49,8 @@ static fieldsync_db *open_new(const char *name) {
     test_fail(__FILE__, __LINE__, "open %s: %s", path, fieldsync_errmsg(db));
   /* These tests are about the session, not power loss: skip the fsyncs,
    * which would otherwise take most of their time. */
-  ASSERT_OK(sqlite3_exec(db->sql, "PRAGMA synchronous = OFF", NULL, NULL,
-                         NULL));
+  ASSERT_OK(
+      sqlite3_exec(db->sql, "PRAGMA synchronous = OFF", NULL, NULL, NULL));
   return db;
 }
 
@@ -291,7 +291,9 @@ enum script {
   SCRIPT_TRUNCATED,     /* answer Hello with half a frame, then close */
   SCRIPT_OVER_LIMIT,    /* answer Pull with a frame over max_frame */
   SCRIPT_STORAGE_ERROR, /* answer Push with Error ERR_STORAGE */
-  SCRIPT_WRONG_REPLY    /* answer Pull with a PushAck */
+  SCRIPT_WRONG_REPLY,   /* answer Pull with a PushAck */
+  SCRIPT_DRAIN          /* Welcome, then at once Error ERR_SHUTTING_DOWN
+                           and close, as a draining server does */
 };
 
 struct fake {
@@ -301,12 +303,13 @@ struct fake {
   int close_at;       /* SCRIPT_CLOSE_AT: 1-based message number */
   uint32_t max_frame; /* announced in Welcome; 0: not announced */
   uint32_t max_batch;
-  uint32_t pull_cap;  /* most changes per Changes; 0: no cap of its own */
-  int refuse;         /* pushed changes of this collection are refused */
-  bool tolerant;      /* out of memory (fault tests) ends the connection
-                         instead of failing the test */
+  uint32_t pull_cap; /* most changes per Changes; 0: no cap of its own */
+  int refuse;        /* pushed changes of this collection are refused */
+  bool small_rcvbuf; /* a tiny receive buffer */
+  bool tolerant;     /* out of memory (fault tests) ends the connection
+                        instead of failing the test */
   /* The fake's own. */
-  bool dead;          /* tolerant, and something failed: hang up */
+  bool dead; /* tolerant, and something failed: hang up */
   int lfd;
   int fd;
   uint16_t port;
@@ -384,8 +387,7 @@ static int fake_read(struct fake *f, struct fsp_msg *m) {
     size_t used = 0;
     size_t len;
     ssize_t r;
-    int rc = fsp_frame_feed(&f->dec, f->buf + f->off, f->have - f->off,
-                            &used);
+    int rc = fsp_frame_feed(&f->dec, f->buf + f->off, f->have - f->off, &used);
 
     f->off += used;
     if (rc == 1) {
@@ -474,6 +476,11 @@ static void fake_hello(struct fake *f, const Fieldsync__Envelope *env) {
     break;
   case SCRIPT_TRUNCATED:
     fake_send_raw(f, half, sizeof(half));
+    break;
+  case SCRIPT_DRAIN:
+    fake_welcome(f);
+    fake_send_error(f, FIELDSYNC__ERROR_CODE__ERR_SHUTTING_DOWN,
+                    "draining; retry later");
     break;
   default:
     fake_welcome(f);
@@ -564,8 +571,7 @@ static void fake_pull(struct fake *f, const Fieldsync__Pull *p) {
   Fieldsync__Changes ch = FIELDSYNC__CHANGES__INIT;
   Fieldsync__Change *cp[FEED_MAX];
   uint32_t max = p->has_max_records ? p->max_records : FSP_DEFAULT_MAX_BATCH;
-  size_t room = (f->max_frame != 0 ? f->max_frame : FSP_DEFAULT_MAX_FRAME) -
-                64;
+  size_t room = (f->max_frame != 0 ? f->max_frame : FSP_DEFAULT_MAX_FRAME) - 64;
   size_t start = p->cursor < f->store->n ? (size_t)p->cursor : f->store->n;
   size_t size = 0;
   size_t k = 0;
@@ -636,7 +642,7 @@ static void *fake_main(void *arg) {
     case FIELDSYNC__ENVELOPE__BODY_HELLO:
       if (answer)
         fake_hello(f, m.env);
-      stop = f->script == SCRIPT_TRUNCATED;
+      stop = f->script == SCRIPT_TRUNCATED || f->script == SCRIPT_DRAIN;
       break;
     case FIELDSYNC__ENVELOPE__BODY_PUSH:
       fake_push(f, m.env->push, answer);
@@ -686,6 +692,12 @@ static void fake_start(struct fake *f) {
   fsp_frame_decoder_init(&f->dec, f->lim.max_frame);
   f->lfd = socket(AF_INET, SOCK_STREAM, 0);
   ASSERT(f->lfd >= 0);
+  if (f->small_rcvbuf) {
+    /* Inherited by the accepted socket: a large Push then cannot sit in
+     * buffers when the fake hangs up, and the client's send breaks. */
+    int sz = 4096;
+    ASSERT_OK(setsockopt(f->lfd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz)));
+  }
   memset(&a, 0, sizeof(a));
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -759,14 +771,13 @@ static void on_progress(const char *phase, size_t done, size_t total,
 static char server_buf[64];
 
 /* Options for a sync with f (or with any "host:port" when f is NULL). */
-static struct fieldsync_sync_opts opts_for(const struct fake *f,
-                                           unsigned batch, struct log *l) {
+static struct fieldsync_sync_opts opts_for(const struct fake *f, unsigned batch,
+                                           struct log *l) {
   struct fieldsync_sync_opts o;
 
   memset(&o, 0, sizeof(o));
   if (f != NULL)
-    snprintf(server_buf, sizeof(server_buf), "127.0.0.1:%u",
-             (unsigned)f->port);
+    snprintf(server_buf, sizeof(server_buf), "127.0.0.1:%u", (unsigned)f->port);
   o.server = server_buf;
   o.token = token;
   o.timeout_ms = 5000;
@@ -871,6 +882,7 @@ TEST(happy_session) {
   ASSERT_EQ(versions_of(db, theirs[1]), 1);
   ASSERT(f.bye);
   ASSERT_EQ(f.client_error, 0);
+  ASSERT_STR_EQ(fieldsync_errmsg(db), "ok");
   /* Progress: after each batch, per phase, total unknown. */
   ASSERT_EQ(l.progress, 5);
   ASSERT_STR_EQ(l.phase[0], "push");
@@ -937,8 +949,7 @@ TEST(server_error_mid_push) {
   db = open_new("tablet.db");
   store_open(&s, "server.db");
   add_obs(db, id, "OP1");
-  ASSERT_EQ(sync_once(db, &s, SCRIPT_STORAGE_ERROR, 0, &st),
-            FIELDSYNC_ESERVER);
+  ASSERT_EQ(sync_once(db, &s, SCRIPT_STORAGE_ERROR, 0, &st), FIELDSYNC_ESERVER);
   ASSERT_STR_EQ(fieldsync_errmsg(db),
                 "server: ERR_STORAGE: disk full; nothing was stored");
   ASSERT_EQ(pending(db), 1);
@@ -946,6 +957,45 @@ TEST(server_error_mid_push) {
   ASSERT_OK(sync_once(db, &s, SCRIPT_NORMAL, 0, &st));
   ASSERT_EQ(st.acked, 1);
   ASSERT_EQ(pending(db), 0);
+  store_close(&s);
+  fieldsync_close(db);
+}
+
+/* The server says why it ends the session, then hangs up while we are
+ * sending: its reason is what we report, not a broken pipe. */
+TEST(server_error_then_close) {
+  struct fieldsync_sync_stats st;
+  struct store s;
+  fieldsync_db *db;
+  char id[33];
+  char text[60000];
+  const char *kv[] = {"visit_id", visit_a, "evidence_text", text, NULL};
+  int i;
+
+  setup_dir();
+  db = open_new("tablet.db");
+  store_open(&s, "server.db");
+  /* One Push of about 2.4 MB into a peer with a tiny receive buffer that
+   * has already closed: the send fails with a reset, after the Error
+   * arrived. */
+  memset(text, 'x', sizeof(text) - 1);
+  text[sizeof(text) - 1] = '\0';
+  for (i = 0; i < 40; i++)
+    add(db, "observation", id, kv);
+  for (i = 0; i < 5; i++) {
+    struct fieldsync_sync_opts o;
+    struct fake f;
+
+    fake_init(&f, &s, SCRIPT_DRAIN);
+    f.small_rcvbuf = true;
+    fake_start(&f);
+    o = opts_for(&f, 0, NULL);
+    ASSERT_EQ(fieldsync_sync(db, &o, &st), FIELDSYNC_ESERVER);
+    fake_join(&f);
+    ASSERT_STR_EQ(fieldsync_errmsg(db),
+                  "server: ERR_SHUTTING_DOWN: draining; retry later");
+  }
+  ASSERT_EQ(pending(db), 40);
   store_close(&s);
   fieldsync_close(db);
 }
@@ -1157,8 +1207,7 @@ TEST(bad_bytes_from_server) {
   ASSERT_EQ(sync_once(db, &s, SCRIPT_TRUNCATED, 0, &st), FIELDSYNC_ENETWORK);
   ASSERT(strstr(fieldsync_errmsg(db), "in the middle of") != NULL);
   /* An answer of the wrong type. */
-  ASSERT_EQ(sync_once(db, &s, SCRIPT_WRONG_REPLY, 0, &st),
-            FIELDSYNC_EPROTOCOL);
+  ASSERT_EQ(sync_once(db, &s, SCRIPT_WRONG_REPLY, 0, &st), FIELDSYNC_EPROTOCOL);
   ASSERT(strstr(fieldsync_errmsg(db), "expected changes, got push_ack") !=
          NULL);
   store_close(&s);
@@ -1376,10 +1425,10 @@ TEST(server_limits_respected) {
 
 TEST(bad_addresses) {
   static const char *const bad[] = {
-      "",          "localhost",   "localhost:", ":7420",      "host:0",
-      "host:65536", "host:12a",   "host:-1",    "host: 80",   "[::1]",
-      "[::1",      "[::1]7420",   "::1:7420",   "[]:7420",    "a b:80",
-      "host:123456"};
+      "",         "localhost",  "localhost:", ":7420",
+      "host:0",   "host:65536", "host:12a",   "host:-1",
+      "host: 80", "[::1]",      "[::1",       "[::1]7420",
+      "::1:7420", "[]:7420",    "a b:80",     "host:123456"};
   struct fieldsync_sync_opts o;
   struct fieldsync_sync_stats st;
   fieldsync_db *db;
@@ -1450,8 +1499,7 @@ TEST(connection_refused) {
   o = opts_for(NULL, 0, NULL);
   snprintf(server_buf, sizeof(server_buf), "127.0.0.1:%u", (unsigned)port);
   ASSERT_EQ(fieldsync_sync(db, &o, &st), FIELDSYNC_ENETWORK);
-  ASSERT(strstr(fieldsync_errmsg(db), "cannot connect to 127.0.0.1:") !=
-         NULL);
+  ASSERT(strstr(fieldsync_errmsg(db), "cannot connect to 127.0.0.1:") != NULL);
   ASSERT_EQ(pending(db), 1);
   /* A bracketed IPv6 address parses; nothing listens there either (or
    * the host has no IPv6): a network error, not a bad address. */
@@ -1473,8 +1521,7 @@ struct done_log {
   fieldsync_db *db;
 };
 
-static void on_done(int rc, const struct fieldsync_sync_stats *st,
-                    void *data) {
+static void on_done(int rc, const struct fieldsync_sync_stats *st, void *data) {
   struct done_log *d = data;
 
   d->calls++;
@@ -1539,8 +1586,7 @@ TEST(async_start_join) {
   memset(&d, 0, sizeof(d));
   o.server = "nonsense";
   job = (struct fieldsync_sync_job *)&d; /* must be reset to NULL */
-  ASSERT_EQ(fieldsync_sync_start(db, &o, on_done, &d, &job),
-            FIELDSYNC_EINVAL);
+  ASSERT_EQ(fieldsync_sync_start(db, &o, on_done, &d, &job), FIELDSYNC_EINVAL);
   ASSERT(job == NULL);
   ASSERT_EQ(d.calls, 0);
   ASSERT(strstr(fieldsync_errmsg(db), "bad server address") != NULL);
@@ -1655,9 +1701,11 @@ TEST(alloc_failures) {
   store_close(&tmpl);
 }
 
+/* clang-format off */
 TEST_LIST(TEST_ENTRY(happy_session)
           TEST_ENTRY(auth_refused)
           TEST_ENTRY(server_error_mid_push)
+          TEST_ENTRY(server_error_then_close)
           TEST_ENTRY(server_closes_mid_push)
           TEST_ENTRY(interrupt_anywhere_loses_nothing)
           TEST_ENTRY(bad_push_ack)
@@ -1671,3 +1719,4 @@ TEST_LIST(TEST_ENTRY(happy_session)
           TEST_ENTRY(connection_refused)
           TEST_ENTRY(async_start_join)
           TEST_ENTRY(alloc_failures))
+/* clang-format on */
