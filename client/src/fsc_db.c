@@ -266,8 +266,10 @@ void fsc_rollback(fieldsync_db *db) {
     sqlite3_exec(db->sql, "ROLLBACK TO fsc_op; RELEASE fsc_op", NULL, NULL,
                  NULL);
     /* An I/O error may have ended the whole transaction. */
-    if (sqlite3_get_autocommit(db->sql))
+    if (sqlite3_get_autocommit(db->sql)) {
       db->batch = false;
+      db->batch_pending = 0;
+    }
     return;
   }
   sqlite3_exec(db->sql, "ROLLBACK", NULL, NULL, NULL);
@@ -293,8 +295,10 @@ int fieldsync_batch_commit(fieldsync_db *db) {
     return FIELDSYNC_EINVAL;
   if (!db->batch)
     return fsc_err(db, FIELDSYNC_EINVAL, "no batch is open");
+  rc = fsc_store_flush_pending(db);
   db->batch = false;
-  rc = exec(db, "COMMIT", "commit batch");
+  if (rc == 0)
+    rc = exec(db, "COMMIT", "commit batch");
   if (rc != 0)
     fsc_rollback(db);
   return rc;
@@ -306,6 +310,7 @@ int fieldsync_batch_rollback(fieldsync_db *db) {
   if (!db->batch)
     return fsc_err(db, FIELDSYNC_EINVAL, "no batch is open");
   db->batch = false;
+  db->batch_pending = 0;
   fsc_rollback(db);
   return 0;
 }

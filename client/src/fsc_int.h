@@ -42,6 +42,8 @@ struct fieldsync_db {
   sqlite3 *sql;
   sqlite3_stmt *st[FSC_ST_COUNT];
   bool batch;           /* a fieldsync_batch_begin transaction is open */
+  int64_t batch_pending; /* in a batch: next change number, kept in memory
+                            and written at commit; 0 = not loaded */
   char name[128];       /* replica label: the author of local versions */
   uint8_t replica[FSP_ID_LEN];
   struct fsp_limits lim;
@@ -112,6 +114,8 @@ int fsc_store_load(fieldsync_db *db, const uint8_t id[16],
  * caller's transaction. */
 int fsc_store_put_local(fieldsync_db *db, struct fsc_record *r, bool deleted,
                         const uint8_t *payload, size_t len);
+/* Writes a batch's cached change counter (before its COMMIT). */
+int fsc_store_flush_pending(fieldsync_db *db);
 /* Sorts versions display winner first: live before tombstones, then by
  * hash descending, so every replica shows the same winner. */
 void fsc_store_sort(struct fsc_record *r);

@@ -403,15 +403,35 @@ static int meta_set_int(fieldsync_db *db, const char *key, int64_t v) {
   return step_done(db, st, "writing meta");
 }
 
-/* The next local change number, inside the caller's write transaction. */
+/* The next local change number, inside the caller's write transaction.
+ * Inside a batch the counter stays in memory until the batch commits (a
+ * rolled-back write leaves a gap, which is harmless: only order matters). */
 static int next_pending(fieldsync_db *db, int64_t *out) {
   int64_t next = 0;
-  int rc = meta_get_int(db, "next_pending", &next);
+  int rc;
 
+  if (db->batch && db->batch_pending > 0) {
+    *out = db->batch_pending++;
+    return 0;
+  }
+  rc = meta_get_int(db, "next_pending", &next);
   if (rc != 0)
     return rc;
   *out = next;
+  if (db->batch) {
+    db->batch_pending = next + 1;
+    return 0;
+  }
   return meta_set_int(db, "next_pending", next + 1);
+}
+
+int fsc_store_flush_pending(fieldsync_db *db) {
+  int rc = 0;
+
+  if (db->batch_pending > 0)
+    rc = meta_set_int(db, "next_pending", db->batch_pending);
+  db->batch_pending = 0;
+  return rc;
 }
 
 int fsc_store_put_local(fieldsync_db *db, struct fsc_record *r, bool deleted,
@@ -462,11 +482,13 @@ int fsc_store_put_local(fieldsync_db *db, struct fsc_record *r, bool deleted,
   if (rc != 0)
     goto fail;
 
-  rc = fsc_stmt(db, FSC_ST_DELETE_VERSIONS, &st);
-  if (rc != 0)
-    goto fail;
-  sqlite3_bind_blob(st, 1, r->id, FSP_ID_LEN, SQLITE_STATIC);
-  rc = step_done(db, st, "replacing versions");
+  if (r->n > 0) { /* a new record has no versions to replace */
+    rc = fsc_stmt(db, FSC_ST_DELETE_VERSIONS, &st);
+    if (rc != 0)
+      goto fail;
+    sqlite3_bind_blob(st, 1, r->id, FSP_ID_LEN, SQLITE_STATIC);
+    rc = step_done(db, st, "replacing versions");
+  }
   if (rc == 0)
     rc = insert_version(db, r->id, &nv);
   if (rc != 0)
