@@ -385,8 +385,91 @@ TEST(sigterm_stops_cleanly_with_open_sessions) {
   teardown();
 }
 
+/* fieldsync-admin: every bad input is a one-line error and a non-zero exit,
+ * and a file that is not a server database is left untouched. */
+TEST(admin_bad_input) {
+  char out[512];
+  char err[512];
+  char path[160];
+  FILE *f;
+
+  snprintf(dir, sizeof(dir), "/tmp/fs-admin-XXXXXX");
+  ASSERT(mkdtemp(dir) != NULL);
+  snprintf(db, sizeof(db), "%s/server.db", dir);
+  {
+    char *a[] = {(char *)admin, "--db", db, "user", "add", "ann", "--role",
+                 "inspector", NULL};
+    ASSERT_EQ(proc_run(a, out, sizeof(out), err, sizeof(err), 20000), 0);
+    ASSERT_STR_EQ(out, "");
+    /* The same user again. */
+    ASSERT_EQ(proc_run(a, out, sizeof(out), err, sizeof(err), 20000), 1);
+    ASSERT(strstr(err, "fieldsync-admin: ") == err);
+  }
+  {
+    char *a[] = {(char *)admin, "--db", db, "user", "add", "bob", "--role",
+                 "janitor", NULL};
+    ASSERT_EQ(proc_run(a, out, sizeof(out), err, sizeof(err), 20000), 2);
+    ASSERT(strstr(err, "janitor") != NULL);
+  }
+  {
+    char *a[] = {(char *)admin, "--db", db, "device", "add", "nobody", NULL};
+    ASSERT_EQ(proc_run(a, out, sizeof(out), err, sizeof(err), 20000), 1);
+    ASSERT_STR_EQ(out, "");
+  }
+  {
+    char *a[] = {(char *)admin, "--db", db, "frobnicate", NULL};
+    ASSERT_EQ(proc_run(a, out, sizeof(out), err, sizeof(err), 20000), 2);
+  }
+  {
+    char *a[] = {(char *)admin, "user", "add", "x", "--role", "expert", NULL};
+    ASSERT_EQ(proc_run(a, out, sizeof(out), err, sizeof(err), 20000), 2);
+  }
+  {
+    char *a[] = {(char *)admin, "--help", NULL};
+    ASSERT_EQ(proc_run(a, out, sizeof(out), err, sizeof(err), 20000), 0);
+    ASSERT(strstr(out, "usage") != NULL);
+  }
+  /* Not a server database: refused, unchanged. */
+  snprintf(path, sizeof(path), "%s/notes.txt", dir);
+  f = fopen(path, "w");
+  ASSERT(f != NULL);
+  fputs("not a database at all, just some inspection notes\n", f);
+  fclose(f);
+  {
+    char *a[] = {(char *)admin, "--db", path, "device", "add", "ann", NULL};
+    char buf[128];
+    ASSERT_EQ(proc_run(a, out, sizeof(out), err, sizeof(err), 20000), 1);
+    f = fopen(path, "r");
+    ASSERT(f != NULL && fgets(buf, sizeof(buf), f) != NULL);
+    fclose(f);
+    ASSERT_STR_EQ(buf, "not a database at all, just some inspection notes\n");
+  }
+  /* fieldsyncd refuses it too, with a message and a non-zero exit. */
+  {
+    char *a[] = {(char *)fieldsyncd, "--db", path, "--listen", "127.0.0.1:0",
+                 NULL};
+    ASSERT_NE(proc_run(a, out, sizeof(out), err, sizeof(err), 20000), 0);
+    ASSERT(strstr(err, "fieldsyncd: ") != NULL);
+  }
+  {
+    char *a[] = {(char *)fieldsyncd, "--listen", "nowhere", NULL};
+    ASSERT_EQ(proc_run(a, out, sizeof(out), err, sizeof(err), 20000), 2);
+    ASSERT(strstr(err, "HOST:PORT") != NULL);
+  }
+  {
+    char *a[] = {(char *)fieldsyncd, "--max-frame", "-5", NULL};
+    ASSERT_EQ(proc_run(a, out, sizeof(out), err, sizeof(err), 20000), 2);
+  }
+  {
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    ASSERT_EQ(system(cmd), 0);
+  }
+}
+
 int main(int argc, char **argv) {
   static const struct test_entry tests[] = {
+      TEST_ENTRY(admin_bad_input)
       TEST_ENTRY(bad_input_gets_error_and_others_go_on)
       TEST_ENTRY(handshake_and_idle_deadlines)
       TEST_ENTRY(connection_limit)
