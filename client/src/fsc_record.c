@@ -101,6 +101,15 @@ static int draft_from_record(fieldsync_db *db, const char *id,
     rc = fsc_err(db, FIELDSYNC_EDELETED, "record %s is deleted", id);
     goto done;
   }
+  /* Live versions sort first: a deleted winner means all are deletions,
+   * and there is no content to start a resolution from. */
+  if (kind == DRAFT_RESOLVE && r.v[0].deleted) {
+    rc = fsc_err(db, FIELDSYNC_EDELETED,
+                 "every version of record %s is a deletion; keep one "
+                 "(resolve --keep) or delete the record",
+                 id);
+    goto done;
+  }
   rc = draft_alloc(db, r.col, kind, &d);
   if (rc != 0)
     goto done;
@@ -332,10 +341,14 @@ int fieldsync_resolve_keep(fieldsync_db *db, const char *id,
     rc = fsc_err(db, FIELDSYNC_EINVAL, "record %s is not in conflict", id);
     goto fail;
   }
+  /* Versions with identical content (same hash) count once: keeping
+   * either gives the same record. */
   for (i = 0; i < r.n; i++) {
     fsc_hex(r.v[i].hash, FSP_HASH_LEN, hex);
     if (strncasecmp_ascii(hex, hash_prefix, plen) == 0) {
-      match++;
+      if (match == 0 ||
+          memcmp(r.v[found].hash, r.v[i].hash, FSP_HASH_LEN) != 0)
+        match++;
       found = i;
     }
   }

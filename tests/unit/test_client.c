@@ -703,23 +703,16 @@ TEST(same_content_concurrently) {
   j = get(a, id);
   ASSERT_EQ(json_array_size(json_object_get(j, "versions")), 2);
   json_decref(j);
-  /* Keeping "either" (same hash) resolves it everywhere. */
+  /* Keeping "either" (same hash, so not ambiguous) resolves it. */
   j = get(a, id);
   {
     char prefix[13];
     snprintf(prefix, sizeof(prefix), "%s",
              json_string_value(json_object_get(
                  json_array_get(json_object_get(j, "versions"), 0), "hash")));
-    ASSERT_EQ(fieldsync_resolve_keep(a, id, prefix), FIELDSYNC_EINVAL);
-    ASSERT(strstr(fieldsync_errmsg(a), "ambiguous") != NULL);
+    ASSERT_OK(fieldsync_resolve_keep(a, id, prefix));
   }
   json_decref(j);
-  {
-    fieldsync_draft *d;
-    ASSERT_OK(fieldsync_draft_for_resolve(a, id, &d));
-    ASSERT_OK(fieldsync_resolve_with(a, id, d));
-    fieldsync_draft_free(d);
-  }
   relay(a, b, &seq, &st);
   j = get(b, id);
   ASSERT(json_is_false(json_object_get(j, "conflict")));
@@ -756,6 +749,53 @@ TEST(new_server_resets_cursor) {
   ASSERT_OK(fsc_store_cursor(b, &cursor));
   ASSERT_EQ(cursor, 0);
   ASSERT_EQ(count_records(b), 1); /* local data untouched */
+  fieldsync_close(a);
+  fieldsync_close(b);
+}
+
+/* Two replicas delete the same record concurrently: two tombstones.
+ * Resolving from content is refused with a clear message; keeping one (or
+ * deleting again) settles it everywhere. */
+TEST(concurrent_deletes) {
+  const char *obs[] = {"visit_id", visit_a, NULL};
+  struct fsc_apply_stats st;
+  fieldsync_db *a;
+  fieldsync_db *b;
+  fieldsync_draft *d = NULL;
+  uint64_t seq = 0;
+  char id[33];
+  json_t *j;
+
+  setup_dir();
+  a = open_new("a.db");
+  b = open_new("b.db");
+  ASSERT_OK(add(a, "observation", id, obs));
+  relay(a, b, &seq, &st);
+  ASSERT_OK(fieldsync_delete(a, id));
+  ASSERT_OK(fieldsync_delete(b, id));
+  relay(a, b, &seq, &st);
+  relay(b, a, &seq, &st);
+  j = get(a, id);
+  ASSERT(json_is_true(json_object_get(j, "deleted")));
+  ASSERT(json_is_true(json_object_get(j, "conflict")));
+  json_decref(j);
+  ASSERT_EQ(fieldsync_draft_for_resolve(a, id, &d), FIELDSYNC_EDELETED);
+  ASSERT(d == NULL);
+  ASSERT(strstr(fieldsync_errmsg(a), "deletion") != NULL);
+  j = get(a, id);
+  {
+    char prefix[13];
+    snprintf(prefix, sizeof(prefix), "%s",
+             json_string_value(json_object_get(
+                 json_array_get(json_object_get(j, "versions"), 0), "hash")));
+    ASSERT_OK(fieldsync_resolve_keep(a, id, prefix));
+  }
+  json_decref(j);
+  relay(a, b, &seq, &st);
+  j = get(b, id);
+  ASSERT(json_is_true(json_object_get(j, "deleted")));
+  ASSERT(json_is_false(json_object_get(j, "conflict")));
+  json_decref(j);
   fieldsync_close(a);
   fieldsync_close(b);
 }
@@ -1069,6 +1109,7 @@ TEST_LIST(TEST_ENTRY(open_create_and_reopen)
           TEST_ENTRY(delete_vs_edit_is_a_conflict)
           TEST_ENTRY(same_content_concurrently)
           TEST_ENTRY(new_server_resets_cursor)
+          TEST_ENTRY(concurrent_deletes)
           TEST_ENTRY(outgoing_batches_in_order)
           TEST_ENTRY(apply_is_atomic_with_cursor)
           TEST_ENTRY(import_csv_and_jsonl)
