@@ -3,6 +3,7 @@
  * (deadlines, shutdown progress; Redis's serverCron), SIGINT/SIGTERM, the
  * pool of reader connections lent to worker threads, and start/stop. */
 #include <signal.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -120,7 +121,7 @@ static int bind_listener(struct srv *srv) {
   srv->listener.data = srv;
   rc = uv_tcp_bind(&srv->listener, (struct sockaddr *)&ss, 0);
   if (rc == 0)
-    rc = uv_listen((uv_stream_t *)&srv->listener, 511, on_connection);
+    rc = uv_listen((uv_stream_t *)&srv->listener, SOMAXCONN, on_connection);
   if (rc == 0)
     rc = uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&ss, &len);
   if (rc != 0) {

@@ -9,6 +9,9 @@
 
 #include "srv.h"
 
+/* Most records one group-commit transaction takes from the queue. */
+#define SRV_GROUP_COMMIT_RECORDS 20000u
+
 /* Builds job's PushAck from its outcomes (writer thread). */
 static void build_ack(struct srv *srv, struct srv_job *job,
                       const struct srv_outcome *out, size_t n) {
@@ -136,10 +139,25 @@ static void writer_main(void *arg) {
       uv_mutex_unlock(&w->lock);
       break;
     }
-    jobs = w->queue;
-    last = w->queue_tail;
-    w->queue = NULL;
-    w->queue_tail = NULL;
+    /* Take queued pushes up to a cap of records per transaction, so one
+     * commit cannot hold thousands of sessions' acks (or their memory)
+     * while it grows; the rest wait for the next transaction. */
+    {
+      size_t records = 0;
+      jobs = w->queue;
+      last = jobs;
+      records += jobs->msg.env->push->n_changes;
+      while (last->next != NULL &&
+             records + last->next->msg.env->push->n_changes <=
+                 SRV_GROUP_COMMIT_RECORDS) {
+        last = last->next;
+        records += last->msg.env->push->n_changes;
+      }
+      w->queue = last->next;
+      if (w->queue == NULL)
+        w->queue_tail = NULL;
+      last->next = NULL;
+    }
     uv_mutex_unlock(&w->lock);
 
     run_batch(srv, jobs);

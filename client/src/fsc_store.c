@@ -41,7 +41,10 @@ static const char *const stmt_sql[FSC_ST_COUNT] = {
         "SELECT v.record, r.collection, r.scope_kind, r.scope_id, v.hash, "
         "v.vv, v.deleted, v.payload, v.author, v.device_time_ms, v.pending "
         "FROM versions v JOIN records r ON r.id = v.record "
-        "WHERE v.pending > ?1 ORDER BY v.pending LIMIT ?2",
+        /* "pending > 0" lets SQLite use the partial index versions_pending
+         * (it cannot infer it from "pending > ?1"): without it every batch
+         * scans and sorts the whole table. */
+        "WHERE v.pending > 0 AND v.pending > ?1 ORDER BY v.pending LIMIT ?2",
     [FSC_ST_ACK] = "UPDATE versions SET pending = 0 "
                    "WHERE record = ?1 AND hash = ?2 AND pending > 0",
     [FSC_ST_SAVEPOINT] = "SAVEPOINT fsc_op",
