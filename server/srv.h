@@ -31,12 +31,20 @@ struct srv_config {
   size_t max_write_queue;        /* bytes queued to one peer */
   unsigned readers;              /* reader connections for workers */
   bool quiet;                    /* log warnings and errors only */
+  char tls_cert[1024];           /* PEM certificate chain; "" = none */
+  char tls_key[1024];            /* PEM private key of tls_cert */
+  bool plaintext;                /* plain TCP, allowed on loopback only */
 };
 
 void srv_config_default(struct srv_config *c);
 /* Parses argv (flags override a --config file). Prints usage and returns
- * 1 for --help; returns -1 with a message on stderr for bad input. */
+ * 1 for --help; returns -1 with a message on stderr for bad input. The
+ * result serves either TLS (tls_cert and tls_key) or, with plaintext,
+ * plain TCP on a loopback address; anything else is bad input. */
 int srv_config_parse(struct srv_config *c, int argc, char **argv);
+/* True when host (an IP literal or "localhost") is a loopback address:
+ * 127.0.0.0/8, ::1 or ::ffff:127.0.0.0/104. */
+bool srv_config_is_loopback(const char *host);
 
 /* ---- logging (srv_log.c): one line per event on stderr ----------------- */
 
@@ -54,6 +62,8 @@ void srv_log(enum srv_log_level level, const char *event, const char *fmt,
 enum srv_job_kind { SRV_JOB_AUTH, SRV_JOB_PUSH, SRV_JOB_PULL };
 
 struct srv_conn;
+struct srv_tls;
+struct srv_tls_conn;
 
 /* Work done off the loop for one connection. The loop thread owns a job
  * until it is queued; the worker or writer fills in the result; the loop
@@ -96,10 +106,14 @@ struct srv_conn {
   uv_tcp_t tcp;                 /* first: the handle's data is the conn */
   struct srv *srv;
   enum srv_conn_state state;
+  struct srv_tls_conn *tls;     /* NULL: plain TCP */
+  bool tls_up;                  /* the TLS handshake has finished */
   uint64_t id;
   char peer[64];
   struct fsp_frame_decoder dec;
-  uint8_t *pending;             /* bytes read while busy, not yet fed */
+  uint8_t *pending;             /* plaintext read while busy, not yet fed
+                                   (with TLS, ciphertext not yet
+                                   decrypted waits in the SSL's BIO) */
   size_t pending_len;
   size_t write_queue;           /* bytes handed to uv_write, not done */
   bool reading;
@@ -164,7 +178,7 @@ struct srv_stats {
   uint64_t records_out;
   uint64_t conflicts;
   uint64_t refused;
-  uint64_t errors;        /* protocol and storage errors */
+  uint64_t errors;        /* protocol, TLS and storage errors */
 };
 
 struct srv {
@@ -172,6 +186,7 @@ struct srv {
   struct srv_config cfg;
   struct fsp_limits lim;
   struct srv_store *store;
+  struct srv_tls *tls;          /* NULL: plain TCP (--plaintext) */
   uint8_t server_id[16];
   uv_tcp_t listener;
   uv_signal_t sigint;

@@ -3,6 +3,7 @@
  * lines (keys are the long flag names), then flags. Every value is checked;
  * a bad one is an error naming it. */
 #define _POSIX_C_SOURCE 200809L
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,15 +27,21 @@ void srv_config_default(struct srv_config *c) {
 
 static void usage(FILE *f) {
   fprintf(f,
-          "usage: fieldsyncd [--db PATH] [--listen HOST:PORT] [--config FILE]\n"
-          "                  [--max-connections N] [--max-frame BYTES]\n"
-          "                  [--max-batch N] [--handshake-timeout-ms MS]\n"
-          "                  [--idle-timeout-ms MS] [--quiet]\n"
+          "usage: fieldsyncd --tls-cert FILE --tls-key FILE [OPTIONS]\n"
+          "       fieldsyncd --plaintext [OPTIONS]   (loopback only)\n"
+          "options: [--db PATH] [--listen HOST:PORT] [--config FILE]\n"
+          "         [--max-connections N] [--max-frame BYTES]\n"
+          "         [--max-batch N] [--handshake-timeout-ms MS]\n"
+          "         [--idle-timeout-ms MS] [--quiet]\n"
           "\n"
-          "Serves fieldsync replicas. Listens on 127.0.0.1:7340 by default;\n"
-          "port 0 picks a free port. Prints \"listening on HOST:PORT\" on\n"
-          "stdout when ready; logs one line per event on stderr.\n"
-          "SIGINT/SIGTERM stop it cleanly.\n");
+          "Serves fieldsync replicas over TLS (1.2 or newer): --tls-cert is\n"
+          "the server's certificate chain and --tls-key its private key, both\n"
+          "PEM. --plaintext serves plain TCP instead, and only on a loopback\n"
+          "address (127.0.0.0/8, ::1), for tests and TLS-terminating proxies\n"
+          "on the same host. One of the two is required.\n"
+          "Listens on 127.0.0.1:7340 by default; port 0 picks a free port.\n"
+          "Prints \"listening on HOST:PORT\" on stdout when ready; logs one\n"
+          "line per event on stderr. SIGINT/SIGTERM stop it cleanly.\n");
 }
 
 static int parse_u64(const char *key, const char *v, uint64_t min,
@@ -129,6 +136,19 @@ static int set(struct srv_config *c, const char *key, const char *v) {
     c->quiet = strcmp(v, "true") == 0 || strcmp(v, "1") == 0;
     return 0;
   }
+  if (strcmp(key, "plaintext") == 0) {
+    c->plaintext = strcmp(v, "true") == 0 || strcmp(v, "1") == 0;
+    return 0;
+  }
+  if (strcmp(key, "tls-cert") == 0 || strcmp(key, "tls-key") == 0) {
+    char *dst = strcmp(key, "tls-cert") == 0 ? c->tls_cert : c->tls_key;
+    if (v[0] == '\0' || strlen(v) >= sizeof(c->tls_cert)) {
+      fprintf(stderr, "fieldsyncd: %s: bad path\n", key);
+      return -1;
+    }
+    snprintf(dst, sizeof(c->tls_cert), "%s", v);
+    return 0;
+  }
   fprintf(stderr, "fieldsyncd: unknown setting \"%s\" (see --help)\n", key);
   return -1;
 }
@@ -180,6 +200,58 @@ static int load_file(struct srv_config *c, const char *path) {
   return 0;
 }
 
+bool srv_config_is_loopback(const char *host) {
+  unsigned char a[16];
+  static const unsigned char v6_loopback[16] = {0, 0, 0, 0, 0, 0, 0, 0,
+                                                0, 0, 0, 0, 0, 0, 0, 1};
+  static const unsigned char v4_mapped[12] = {0, 0, 0, 0, 0,    0,
+                                              0, 0, 0, 0, 0xff, 0xff};
+
+  if (strcmp(host, "localhost") == 0) /* bound as 127.0.0.1 */
+    return true;
+  if (inet_pton(AF_INET, host, a) == 1)
+    return a[0] == 127;
+  if (inet_pton(AF_INET6, host, a) == 1)
+    return memcmp(a, v6_loopback, 16) == 0 ||
+           (memcmp(a, v4_mapped, 12) == 0 && a[12] == 127);
+  return false;
+}
+
+/* The transport rules: TLS needs both files; plain TCP must be asked for,
+ * and only on loopback, because device tokens and personal data must never
+ * cross a network in clear (PROTOCOL.md "Security"). Checked before
+ * anything is opened or bound. */
+static int check_transport(const struct srv_config *c) {
+  bool cert = c->tls_cert[0] != '\0';
+  bool key = c->tls_key[0] != '\0';
+
+  if (cert != key) {
+    fprintf(stderr, "fieldsyncd: --tls-cert and --tls-key go together: "
+                    "give both\n");
+    return -1;
+  }
+  if (cert && c->plaintext) {
+    fprintf(stderr, "fieldsyncd: --plaintext and --tls-cert/--tls-key "
+                    "exclude each other: choose one\n");
+    return -1;
+  }
+  if (!cert && !c->plaintext) {
+    fprintf(stderr,
+            "fieldsyncd: no TLS certificate: give --tls-cert FILE and "
+            "--tls-key FILE (PEM), or --plaintext to serve plain TCP on a "
+            "loopback address\n");
+    return -1;
+  }
+  if (c->plaintext && !srv_config_is_loopback(c->host)) {
+    fprintf(stderr,
+            "fieldsyncd: plaintext is only allowed on loopback (127.0.0.0/8 "
+            "or ::1), not on %s: give --tls-cert and --tls-key\n",
+            c->host);
+    return -1;
+  }
+  return 0;
+}
+
 int srv_config_parse(struct srv_config *c, int argc, char **argv) {
   int i;
 
@@ -205,6 +277,10 @@ int srv_config_parse(struct srv_config *c, int argc, char **argv) {
       c->quiet = true;
       continue;
     }
+    if (strcmp(a, "--plaintext") == 0) {
+      c->plaintext = true;
+      continue;
+    }
     if (strncmp(a, "--", 2) != 0 || a[2] == '\0') {
       fprintf(stderr, "fieldsyncd: unexpected argument \"%s\"\n", a);
       usage(stderr);
@@ -218,5 +294,5 @@ int srv_config_parse(struct srv_config *c, int argc, char **argv) {
       return -1;
     i++;
   }
-  return 0;
+  return check_transport(c);
 }

@@ -5,21 +5,31 @@
  * (backpressure), and stays stopped while too much is queued to the peer.
  * A protocol error sends Error, logs one line with a bounded dump of the
  * bad bytes, and closes this connection only. A connection is freed only
- * in its close_cb, and never while a job still refers to it. */
+ * in its close_cb, and never while a job still refers to it.
+ * With TLS (srv_tls.c), ciphertext read from the socket goes into the
+ * connection's SSL, the plaintext that comes out takes the same path as
+ * plain TCP bytes, and replies are encrypted before they are queued. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "fsp_tls.h"
 #include "srv.h"
+#include "srv_tls.h"
 
 /* One read buffer for the whole loop: libuv calls alloc_cb and read_cb
  * back to back for one connection, and read_cb consumes or copies every
  * byte before returning, so idle connections cost no buffer. */
 static char read_buf[64 * 1024];
 static bool read_buf_busy;
+/* Plaintext out of one SSL_read (one TLS record at most). Like read_buf,
+ * every byte is consumed or copied before tls_pump returns, and nothing
+ * tls_pump calls can call it again. */
+static uint8_t plain_buf[FSP_TLS_RECORD_MAX];
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void process(struct srv_conn *c, const uint8_t *data, size_t len);
+static void tls_pump(struct srv_conn *c);
 
 struct write_req {
   uv_write_t req;
@@ -40,6 +50,7 @@ static void on_close(uv_handle_t *h) {
   if (c->next != NULL)
     c->next->prev = c->prev;
   srv->stats.connections--;
+  srv_tls_conn_close(c->tls);
   fsp_frame_decoder_close(&c->dec);
   fsp_free(c->pending);
   fsp_free(c);
@@ -92,9 +103,10 @@ static void on_write(uv_write_t *req, int status) {
     read_resume(c);
 }
 
-/* Queues a frame (takes ownership). Returns false when the connection is
+/* Queues bytes for the socket as they are (takes ownership of buf, which
+ * holds a frame or TLS ciphertext). Returns false when the connection is
  * closing or the write failed (then it is closing). */
-static bool conn_send(struct srv_conn *c, uint8_t *frame, size_t len) {
+static bool queue_write(struct srv_conn *c, uint8_t *frame, size_t len) {
   struct write_req *w;
   uv_buf_t b;
   int rc;
@@ -124,6 +136,57 @@ static bool conn_send(struct srv_conn *c, uint8_t *frame, size_t len) {
   return true;
 }
 
+/* Queues whatever ciphertext TLS has for the peer (handshake messages,
+ * records, alerts). Returns false when the connection is closing. */
+static bool tls_flush(struct srv_conn *c) {
+  uint8_t *out;
+  size_t len;
+
+  if (srv_tls_conn_output(c->tls, &out, &len) != 0) {
+    conn_close(c, "out of memory");
+    return false;
+  }
+  if (out == NULL)
+    return c->state != CONN_CLOSING;
+  return queue_write(c, out, len);
+}
+
+/* Queues a frame (takes ownership), encrypted when the connection is TLS,
+ * a chunk at a time so the ciphertext waiting in OpenSSL stays small.
+ * Returns false when the connection is closing or the write failed (then
+ * it is closing). */
+static bool conn_send(struct srv_conn *c, uint8_t *frame, size_t len) {
+  char err[256];
+  size_t off = 0;
+
+  if (c->tls == NULL)
+    return queue_write(c, frame, len);
+  while (off < len && c->state != CONN_CLOSING) {
+    size_t n = len - off < SRV_TLS_WRITE_CHUNK ? len - off
+                                               : SRV_TLS_WRITE_CHUNK;
+
+    if (srv_tls_conn_write(c->tls, frame + off, n, err, sizeof(err)) != 0) {
+      srv_log(SRV_WARN, "tls_error",
+              "conn=%llu peer=%s phase=write error=\"%s\"",
+              (unsigned long long)c->id, c->peer, err);
+      c->srv->stats.errors++;
+      conn_close(c, "TLS write failed");
+      break;
+    }
+    off += n;
+    if (!tls_flush(c))
+      break;
+  }
+  fsp_free(frame);
+  return c->state != CONN_CLOSING;
+}
+
+/* True while a TLS handshake is due or under way: nothing can be sent to
+ * the peer in a form it can read, so failures close without an Error. */
+static bool tls_pending(const struct srv_conn *c) {
+  return c->srv->tls != NULL && !c->tls_up;
+}
+
 /* Sends Error(code, message) and closes after it is written. */
 static void conn_fail(struct srv_conn *c, int code, const char *fmt, ...)
 #if defined(__GNUC__)
@@ -145,6 +208,10 @@ static void conn_fail(struct srv_conn *c, int code, const char *fmt, ...) {
   if (c->state == CONN_CLOSING)
     return;
   c->srv->stats.errors++;
+  if (tls_pending(c)) {
+    conn_close(c, msg);
+    return;
+  }
   e.has_code = 1;
   e.code = (Fieldsync__ErrorCode)code;
   e.message = msg;
@@ -214,6 +281,13 @@ static void read_resume(struct srv_conn *c) {
     process(c, p, n);
     fsp_free(p);
     if (c->state != CONN_READY && c->state != CONN_HELLO)
+      return;
+  }
+  if (c->tls != NULL) {
+    /* Records that arrived while busy wait, still encrypted, in the SSL. */
+    tls_pump(c);
+    if ((c->state != CONN_READY && c->state != CONN_HELLO) ||
+        c->close_after_write)
       return;
   }
   if (c->write_queue > c->srv->cfg.max_write_queue) {
@@ -381,6 +455,64 @@ static void process(struct srv_conn *c, const uint8_t *data, size_t len) {
   }
 }
 
+/* A TLS failure: logs one line with OpenSSL's reason, then closes this
+ * connection only, after the alert OpenSSL may have queued for the peer
+ * (bounded by the Error deadline). No Error frame: before the handshake
+ * the peer could not read it, and after a bad record the stream is gone. */
+static void tls_fail(struct srv_conn *c, const char *err) {
+  srv_log(SRV_WARN, "tls_error", "conn=%llu peer=%s phase=%s error=\"%s\"",
+          (unsigned long long)c->id, c->peer,
+          c->tls_up ? "session" : "handshake", err);
+  c->srv->stats.errors++;
+  read_stop(c);
+  c->close_after_write = true;
+  c->deadline = uv_now(c->srv->loop) + 2000;
+  if (!tls_flush(c))
+    return;
+  if (c->write_queue == 0)
+    conn_close(c, "TLS failure");
+}
+
+/* Drives TLS over the ciphertext fed so far: the handshake, then records,
+ * whose plaintext goes through process(). Stops when TLS needs more bytes,
+ * or when the connection cannot take a request now (busy, failing,
+ * closing); records not yet decrypted then wait in the SSL. Queues any
+ * output TLS made. May close c. */
+static void tls_pump(struct srv_conn *c) {
+  char err[256];
+
+  while ((c->state == CONN_READY || c->state == CONN_HELLO) &&
+         !c->close_after_write) {
+    size_t got = 0;
+    int rc = srv_tls_conn_read(c->tls, plain_buf, sizeof(plain_buf), &got,
+                               err, sizeof(err));
+
+    if (rc == SRV_TLS_EFAIL) {
+      tls_fail(c, err);
+      return;
+    }
+    if (!c->tls_up && srv_tls_conn_ready(c->tls)) {
+      c->tls_up = true;
+      srv_log(SRV_DEBUG, "tls_up", "conn=%llu peer=%s version=%s cipher=%s",
+              (unsigned long long)c->id, c->peer,
+              srv_tls_conn_version(c->tls), srv_tls_conn_cipher(c->tls));
+    }
+    if (rc == SRV_TLS_EOF) {
+      conn_close(c, "peer closed TLS");
+      return;
+    }
+    if (rc == SRV_TLS_ENOMEM) {
+      conn_close(c, "out of memory");
+      return;
+    }
+    if (got == 0)
+      break; /* TLS wants more ciphertext */
+    process(c, plain_buf, got);
+  }
+  if (c->state != CONN_CLOSING)
+    (void)tls_flush(c);
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   struct srv_conn *c = s->data;
 
@@ -398,6 +530,17 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     return;
   if (c->state == CONN_READY)
     c->deadline = uv_now(c->srv->loop) + c->srv->cfg.idle_timeout_ms;
+  if (c->tls != NULL) {
+    /* Reading resumes only after tls_pump has drained the read BIO, so it
+     * holds at most this buffer and a partial record. */
+    if (srv_tls_conn_feed(c->tls, (const uint8_t *)buf->base,
+                          (size_t)nread) != 0) {
+      conn_close(c, "out of memory");
+      return;
+    }
+    tls_pump(c);
+    return;
+  }
   process(c, (const uint8_t *)buf->base, (size_t)nread);
 }
 
@@ -517,9 +660,10 @@ void srv_conn_job_done(struct srv_job *job) {
       c->deadline = uv_now(srv->loop) + srv->cfg.idle_timeout_ms;
       srv->stats.sessions++;
       srv_log(SRV_INFO, "session_open",
-              "conn=%llu peer=%s user=%s device=%lld",
+              "conn=%llu peer=%s user=%s device=%lld transport=%s",
               (unsigned long long)c->id, c->peer, c->who.user,
-              (long long)c->who.device_id);
+              (long long)c->who.device_id,
+              c->tls != NULL ? srv_tls_conn_version(c->tls) : "plaintext");
       if (conn_send(c, frame, job->frame_len))
         read_resume(c);
       frame = NULL;
@@ -624,6 +768,14 @@ void srv_conn_accept(struct srv *srv) {
               srv->cfg.max_connections);
     return;
   }
+  if (srv->tls != NULL && srv_tls_conn_open(srv->tls, &c->tls) != 0) {
+    srv_log(SRV_ERROR, "accept_failed", "peer=%s error=\"out of memory\"",
+            c->peer);
+    conn_close(c, "out of memory");
+    return;
+  }
+  /* One deadline for the TLS handshake and Hello together: a peer that
+   * stalls in either is dropped (cleared when the token check starts). */
   c->deadline = uv_now(srv->loop) + srv->cfg.handshake_timeout_ms;
   read_resume(c);
 }
@@ -642,7 +794,9 @@ void srv_conn_sweep(struct srv *srv) {
         bool hello = c->state == CONN_HELLO;
         srv_log(SRV_INFO, "timeout", "conn=%llu peer=%s phase=%s",
                 (unsigned long long)c->id, c->peer,
-                hello ? "handshake" : "idle");
+                !hello           ? "idle"
+                : tls_pending(c) ? "tls_handshake"
+                                 : "handshake");
         conn_fail(c, FIELDSYNC__ERROR_CODE__ERR_TIMEOUT,
                   hello ? "no hello before the handshake deadline"
                         : "idle for too long");

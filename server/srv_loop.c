@@ -9,6 +9,7 @@
 
 #include "srv.h"
 #include "srv_loop.h"
+#include "srv_tls.h"
 
 #define CRON_MS 100
 
@@ -140,7 +141,8 @@ static int bind_listener(struct srv *srv) {
            ntohs(((struct sockaddr_in *)&ss)->sin_port));
   }
   fflush(stdout);
-  srv_log(SRV_INFO, "listening", "addr=%s db=%s", name, srv->cfg.db_path);
+  srv_log(SRV_INFO, "listening", "addr=%s db=%s transport=%s", name,
+          srv->cfg.db_path, srv->tls != NULL ? "tls" : "plaintext");
   return 0;
 }
 
@@ -159,9 +161,18 @@ int srv_run(const struct srv_config *cfg) {
   srv.lim.budget = (size_t)cfg->max_frame * 8u + 64u * 1024u;
   signal(SIGPIPE, SIG_IGN);
 
+  /* The certificate first: a bad one must stop the start before the store
+   * is touched. */
+  if (cfg->tls_cert[0] != '\0' &&
+      srv_tls_open(&srv.tls, cfg->tls_cert, cfg->tls_key, err,
+                   sizeof(err)) != 0) {
+    fprintf(stderr, "fieldsyncd: %s\n", err);
+    return 1;
+  }
   rc = srv_store_open(cfg->db_path, &srv.store, err, sizeof(err));
   if (rc != 0) {
     fprintf(stderr, "fieldsyncd: %s\n", err);
+    srv_tls_close(srv.tls);
     return 1;
   }
   srv_store_server_id(srv.store, srv.server_id);
@@ -203,6 +214,7 @@ int srv_run(const struct srv_config *cfg) {
 
   uv_loop_close(srv.loop);
   srv_store_close(srv.store);
+  srv_tls_close(srv.tls);
   uv_mutex_destroy(&srv.readers_lock);
   uv_cond_destroy(&srv.readers_cond);
   return 0;
@@ -210,5 +222,6 @@ fail:
   uv_run(srv.loop, UV_RUN_DEFAULT); /* let closed handles finish */
   close_readers(&srv);
   srv_store_close(srv.store);
+  srv_tls_close(srv.tls);
   return 1;
 }

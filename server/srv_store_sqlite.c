@@ -1175,23 +1175,26 @@ static int check_payload(struct srv_store_conn *c,
   return 0;
 }
 
-/* Checks a tombstone's scope: the stored record's, or for a record not
- * seen yet, what its collection allows. */
-static void check_tombstone(const struct fsp_collection *col,
-                            const Fieldsync__Change *ch,
-                            const struct record_row *r, struct srv_outcome *o) {
-  if (r->exists) {
-    if (r->scope_kind != (int)ch->scope->kind ||
-        memcmp(r->scope_id, ch->scope->id.data, FSP_ID_LEN) != 0)
-      refuse(o, FIELDSYNC__ERROR_CODE__ERR_INVALID,
-             "scope does not match the record's stored scope");
-    return;
-  }
+/* Checks a tombstone's scope. For a record the server holds, any scope is
+ * accepted: a replica may move a record (edit its visit) and delete it
+ * before syncing, so its tombstone names a scope the server never saw, and
+ * refusing it would refuse it forever. (Whether the device may delete in
+ * the record's scopes is the roles-and-scope check, not this one.) For a
+ * record not seen yet, the scope must be one its collection allows.
+ * Returns 0 (o refused or not). */
+static int check_tombstone(struct srv_store_conn *c,
+                           const struct fsp_collection *col,
+                           const Fieldsync__Change *ch,
+                           const struct record_row *r, struct srv_outcome *o) {
+  (void)c;
+  if (r->exists)
+    return 0;
   if ((int)ch->scope->kind != col->scope_kind ||
       (col->scope_field == NULL &&
        memcmp(ch->scope->id.data, ch->key->id.data, FSP_ID_LEN) != 0))
     refuse(o, FIELDSYNC__ERROR_CODE__ERR_INVALID,
            "scope does not match the record");
+  return 0;
 }
 
 /* Copies ch's vector into c->in_vv and its canonical encoding into
@@ -1258,9 +1261,9 @@ static int push_one(struct srv_store_conn *c, const struct srv_identity *who,
     return refuse(o, FIELDSYNC__ERROR_CODE__ERR_INVALID,
                   "record id already belongs to another collection");
   if (deleted) {
-    check_tombstone(col, ch, &rec, o);
-    if (o->outcome != 0)
-      return 0;
+    rc = check_tombstone(c, col, ch, &rec, o);
+    if (rc != 0 || o->outcome != 0)
+      return rc;
   }
   rc = take_vv(c, ch, lim, &len, o);
   if (rc != 0 || o->outcome != 0)

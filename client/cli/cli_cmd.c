@@ -621,7 +621,9 @@ const struct cli_cmd cli_cmd_table[] = {
      "whole or not at all: a bad row stops the import, the message names\n"
      "its line, and nothing from the file is kept.\n",
      NULL, names_collection, 2, 2, cmd_import},
-    {"sync", "sync --server HOST:PORT [--token TOKEN] [--timeout-ms MS] [--json]",
+    {"sync",
+     "sync --server HOST:PORT [--ca FILE [--pin HEX] | --plaintext] "
+     "[OPTIONS]",
      "sync with a fieldsync server",
      "Pushes every local change the server has not acknowledged, then pulls\n"
      "everyone else's changes. The token may also come from\n"
@@ -630,7 +632,12 @@ const struct cli_cmd cli_cmd_table[] = {
      "A sync that is interrupted loses nothing: run it again. Shows a\n"
      "progress bar on a terminal, plain lines otherwise, then a summary\n"
      "(--json: as a JSON object). Exits 1 when the sync did not complete\n"
-     "and 3 when it completed but the server refused some records.\n",
+     "and 3 when it completed but the server refused some records.\n"
+     "\n"
+     "The connection is TLS: the server's certificate must chain to the CA\n"
+     "in --ca FILE (default: the system's CA store) and name the host in\n"
+     "--server; --pin also requires its public key's SHA-256. --plaintext\n"
+     "syncs over plain TCP, which servers allow on loopback only.\n",
      cli_sync_opts, names_none, 0, 0, cli_cmd_sync},
     {"fields", "fields COLLECTION", "list a collection's fields and types",
      "Lists the fields of COLLECTION with their types: what FIELD=VALUE\n"

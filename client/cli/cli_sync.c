@@ -17,11 +17,20 @@ enum {
   OPT_SERVER = CLI_OPT_FIRST,
   OPT_TOKEN,
   OPT_TIMEOUT,
-  OPT_SYNC_JSON
+  OPT_SYNC_JSON,
+  OPT_CA,
+  OPT_PIN,
+  OPT_PLAINTEXT
 };
 
 const struct cli_opt cli_sync_opts[] = {
     {"server", "HOST:PORT", OPT_SERVER, "the server to sync with"},
+    {"ca", "FILE", OPT_CA,
+     "CA certificates (PEM) to verify the server with"},
+    {"pin", "HEX", OPT_PIN,
+     "also require this SHA-256 of the server's public key"},
+    {"plaintext", NULL, OPT_PLAINTEXT,
+     "no TLS (servers allow it on loopback only)"},
     {"token", "TOKEN", OPT_TOKEN,
      "this device's token (default: $FIELDSYNC_TOKEN)"},
     {"timeout-ms", "MS", OPT_TIMEOUT,
@@ -96,6 +105,12 @@ int cli_cmd_sync(struct cli *cli, const struct cli_args *a) {
       opts.token = it->value;
     } else if (it->id == OPT_SYNC_JSON) {
       json = true;
+    } else if (it->id == OPT_CA) {
+      opts.ca_file = it->value;
+    } else if (it->id == OPT_PIN) {
+      opts.pin_sha256 = it->value;
+    } else if (it->id == OPT_PLAINTEXT) {
+      opts.plaintext = 1;
     } else if (it->id == OPT_TIMEOUT) {
       char *end = NULL;
       long v;
@@ -110,6 +125,8 @@ int cli_cmd_sync(struct cli *cli, const struct cli_args *a) {
   }
   if (opts.server == NULL)
     return cli_out_usage(cli->cmd, "--server HOST:PORT is required");
+  if (opts.plaintext && (opts.ca_file != NULL || opts.pin_sha256 != NULL))
+    return cli_out_usage(cli->cmd, "--plaintext excludes --ca and --pin");
   if (opts.token == NULL || opts.token[0] == '\0')
     return cli_out_usage(cli->cmd,
                          "a device token is required (--token or "

@@ -74,7 +74,8 @@ FIELDSYNC_EXTERN const char *fieldsync_version_string(void);
   XX(AUTH, -21, "server refused the device token")                             \
   XX(PROTOCOL, -22, "server broke the protocol")                               \
   XX(SERVER, -23, "server reported an error")                                  \
-  XX(TIMEOUT, -24, "network timeout")
+  XX(TIMEOUT, -24, "network timeout")                                          \
+  XX(TLS, -25, "TLS failure")
 
 enum fieldsync_errno {
   FIELDSYNC_OK = 0,
@@ -344,7 +345,9 @@ typedef void (*fieldsync_outcome_cb)(const char *collection, const char *id,
                                      const char *outcome, const char *reason,
                                      void *data);
 
-/** How to sync. Zero-initialise, then set server and token. */
+/** How to sync. Zero-initialise, then set server and token (and usually
+ * ca_file). The connection is TLS unless plaintext is set. Fields are only
+ * ever added at the end. */
 struct fieldsync_sync_opts {
   const char *server; /**< "host:port", "192.0.2.7:7420", "[::1]:7420" */
   const char *token;  /**< the device token (never logged or echoed) */
@@ -355,6 +358,19 @@ struct fieldsync_sync_opts {
   void *progress_data;
   fieldsync_outcome_cb outcome; /**< may be NULL */
   void *outcome_data;
+  const char *ca_file;    /**< PEM CA bundle to verify the server; NULL with
+                               plaintext=0 means the system default store
+                               (which apps on Android and iOS must not rely
+                               on: give a file) */
+  const char *pin_sha256; /**< optional: hex SHA-256 of the server's
+                               SubjectPublicKeyInfo (64 hex digits); the
+                               connection fails unless it matches, on top of
+                               the CA check. `openssl x509 -pubkey -noout
+                               -in cert.pem | openssl pkey -pubin -outform
+                               der | sha256sum` prints it */
+  int plaintext;          /**< 1: plain TCP (only for loopback or a trusted
+                               tunnel); ca_file and pin_sha256 must then be
+                               NULL */
 };
 
 /** What a sync did. On failure it holds what was done before the failure
@@ -382,20 +398,34 @@ struct fieldsync_sync_stats {
  * not applied. Versions the server refuses stay pending and are reported
  * through opts->outcome.
  *
- * Plain TCP: run it inside a trusted network or a TLS tunnel (see the
- * Security section of PROTOCOL.md). Resolving the host name is not bounded
- * by timeout_ms. The pull cursor is not yet tied to the server's id, so a
- * database should sync with one server (store) only.
+ * Transport: TLS 1.2 or newer (PROTOCOL.md "Security"). The server's
+ * certificate must chain to opts->ca_file (or to the system's default
+ * store) and be valid now and for the host in opts->server (a DNS name, or
+ * an IP address for an IP literal); with opts->pin_sha256 its public key
+ * must match too. opts->plaintext = 1 speaks plain TCP instead, which a
+ * server accepts on a loopback address only. Each step of the TLS handshake
+ * is a network wait bounded by timeout_ms. Resolving the host name is not
+ * bounded by timeout_ms. The pull cursor is not yet tied to the server's
+ * id, so a database should sync with one server (store) only.
  *
  * @param db    the database; no fieldsync_batch_begin() batch may be open
  * @param opts  server, token, limits and callbacks (see the struct)
  * @param stats receives the counts, also on failure (may be NULL)
  * @return 0;
  *   FIELDSYNC_EINVAL (NULL opts, missing token, "bad server address", an
- *   open batch, negative timeout);
+ *   open batch, negative timeout, a pin that is not 64 hex digits, a CA
+ *   file or pin with plaintext);
  *   FIELDSYNC_ENETWORK (cannot resolve or connect, or the connection was
  *   lost or closed early);
  *   FIELDSYNC_ETIMEOUT (a network wait passed timeout_ms);
+ *   FIELDSYNC_ETLS (TLS failed; errmsg reads "TLS with HOST:PORT: ..." and
+ *   names the reason, e.g. "certificate verify failed: unable to get local
+ *   issuer certificate" (not signed by the CA given), "certificate verify
+ *   failed: certificate has expired", "certificate verify failed: hostname
+ *   mismatch ...", "server public key does not match the pin ...", "server
+ *   did not speak TLS ..." (a plaintext server), "cannot load the CA file
+ *   ...", or, with plaintext, "the server speaks TLS ...". Not transient:
+ *   retrying will not help until the configuration is fixed);
  *   FIELDSYNC_EAUTH (the server refused the token);
  *   FIELDSYNC_ESERVER (the server sent an Error; errmsg reads
  *   "server: ERR_<CODE>: <its message>". ERR_STORAGE, ERR_TIMEOUT,
@@ -426,10 +456,10 @@ typedef void (*fieldsync_sync_done_cb)(int rc,
 
 /**
  * Starts fieldsync_sync(db, opts, ...) on a new thread, for apps whose UI
- * thread must not block. opts is copied (server and token included), so it
- * need not outlive this call. The progress and outcome callbacks run on the
- * job's thread. Until done has run, the caller must not use db; after that
- * it may, from any one thread at a time.
+ * thread must not block. opts is copied (with its strings: server, token,
+ * ca_file and pin_sha256), so it need not outlive this call. The progress
+ * and outcome callbacks run on the job's thread. Until done has run, the
+ * caller must not use db; after that it may, from any one thread at a time.
  * @param done called exactly once, on the job's thread, if this returns 0;
  *             never if it returns an error
  * @param data passed to done

@@ -516,6 +516,8 @@ int fieldsync_open(const char *path, int flags, const char *name,
   if (create)
     oflags |= SQLITE_OPEN_CREATE;
   rc = sqlite3_open_v2(path, &db->sql, oflags, NULL);
+  if (rc == SQLITE_OK)
+    sqlite3_busy_timeout(db->sql, 5000); /* before any statement runs */
   if (rc == SQLITE_OK && create) {
     /* SQLite opens lazily; touch the file now so an unwritable path fails
      * here, with the OS's reason. */

@@ -146,6 +146,8 @@ void fsc_outgoing_free(struct fsc_outgoing *o, size_t n);
 struct fsc_ack {
   uint8_t id[FSP_ID_LEN];
   uint8_t hash[FSP_HASH_LEN];
+  int64_t pending; /* the version's change number when it was sent: a
+                      later save of the same content stays pending */
 };
 int fsc_store_ack(fieldsync_db *db, const struct fsc_ack *a, size_t n);
 

@@ -46,7 +46,7 @@ static const char *const stmt_sql[FSC_ST_COUNT] = {
          * scans and sorts the whole table. */
         "WHERE v.pending > 0 AND v.pending > ?1 ORDER BY v.pending LIMIT ?2",
     [FSC_ST_ACK] = "UPDATE versions SET pending = 0 "
-                   "WHERE record = ?1 AND hash = ?2 AND pending > 0",
+                   "WHERE record = ?1 AND hash = ?2 AND pending = ?3",
     [FSC_ST_SAVEPOINT] = "SAVEPOINT fsc_op",
     [FSC_ST_RELEASE] = "RELEASE fsc_op",
 };
@@ -306,6 +306,17 @@ static int write_record_row(fieldsync_db *db, struct fsc_record *r) {
       all_deleted = false;
   if (derive_links(r, &visit, &service, &msg) != 0)
     return fsc_err(db, FIELDSYNC_ENOMEM, "out of memory");
+  /* The record's scope is its display winner's: a version that lost, or
+   * arrived later, does not move the record. */
+  if (msg != NULL) {
+    struct fsp_error err;
+    int kind = 0;
+    uint8_t scope[FSP_ID_LEN];
+    if (fsp_payload_scope(r->col, r->id, msg, &kind, scope, &err) == 0) {
+      r->scope_kind = kind;
+      memcpy(r->scope_id, scope, FSP_ID_LEN);
+    }
+  }
   rc = fsc_stmt(db, FSC_ST_UPSERT_RECORD, &st);
   if (rc != 0) {
     fsc_fields_free(msg);
@@ -564,6 +575,30 @@ int fsc_store_outgoing(fieldsync_db *db, int64_t after, size_t max,
     rc = read_version(db, st, 4, &x->v);
     if (rc != 0)
       goto fail;
+    /* A live version's scope is its own payload's (the row's may have
+     * moved with a later pull); a tombstone keeps the record's scope. */
+    if (!x->v.deleted) {
+      const struct fsp_collection *col = fsp_payload_by_id(x->collection);
+      ProtobufCMessage *msg = NULL;
+      struct fsp_budget budget;
+      struct fsp_error err;
+      if (col == NULL) {
+        rc = fsc_err(db, FIELDSYNC_ECORRUPT, "a stored record is damaged");
+        goto fail;
+      }
+      if (fsp_payload_decode(col, x->v.payload, x->v.len, &db->lim, &budget,
+                             &msg, &err) != 0 ||
+          fsp_payload_scope(col, x->id, msg, &x->scope_kind, x->scope_id,
+                            &err) != 0) {
+        fsp_payload_free(msg, &budget);
+        rc = err.code == FSP_ENOMEM
+                 ? fsc_err(db, FIELDSYNC_ENOMEM, "out of memory")
+                 : fsc_err(db, FIELDSYNC_ECORRUPT, "stored version: %s",
+                           err.msg);
+        goto fail;
+      }
+      fsp_payload_free(msg, &budget);
+    }
   }
   if (k < max && rc != SQLITE_DONE) {
     rc = fsc_sqlerr(db, rc, "reading outgoing versions");
@@ -592,6 +627,7 @@ int fsc_store_ack(fieldsync_db *db, const struct fsc_ack *a, size_t n) {
       goto fail;
     sqlite3_bind_blob(st, 1, a[i].id, FSP_ID_LEN, SQLITE_STATIC);
     sqlite3_bind_blob(st, 2, a[i].hash, FSP_HASH_LEN, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, a[i].pending);
     rc = step_done(db, st, "acknowledging a version");
     if (rc != 0)
       goto fail;

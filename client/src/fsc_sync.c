@@ -2,9 +2,10 @@
 /* The client side of a sync session (PROTOCOL.md "Session", "Push
  * Semantics", "Pull Semantics"): connect, Hello/Welcome, push every
  * unacknowledged local version in batches, pull the server's feed, Bye.
- * Bytes (fsc_os) -> frames (fsp_frame) -> messages (fsp_msg) -> the store's
- * sync slots (fsc_store_*) are separate steps. Also the asynchronous form,
- * which runs one sync on a thread of its own. */
+ * Bytes (fsc_tls: TLS, or plain TCP when asked for) -> frames (fsp_frame)
+ * -> messages (fsp_msg) -> the store's sync slots (fsc_store_*) are
+ * separate steps. Also the asynchronous form, which runs one sync on a
+ * thread of its own. */
 #include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -12,12 +13,15 @@
 
 #include "fsc_int.h"
 #include "fsc_os.h"
+#include "fsc_tls.h"
 #include "fsp_frame.h"
 
 #define SYNC_DEFAULT_TIMEOUT_MS 30000
 #define SYNC_DEFAULT_BATCH 1000u
-/* Bytes read from the socket at a time. */
+/* Bytes read from the transport at a time (one TLS record's worth). */
 #define SYNC_RX_CHUNK 16384u
+/* Hex digits of opts->pin_sha256. */
+#define SYNC_PIN_HEX 64u
 #define SYNC_HOST_MAX 255u
 /* Bytes a Push frame body holds besides its changes: the envelope's
  * protocol_version (2), the push field's tag and length (1 + 5) and the
@@ -32,7 +36,7 @@ struct sync {
   char host[SYNC_HOST_MAX + 1];
   uint16_t port;
   int timeout_ms;
-  int fd;
+  struct fsc_tls *net; /* the connection (TLS or plain TCP) */
   struct fsp_frame_decoder dec;
   uint8_t *rbuf; /* bytes received and not yet fed to dec: [roff, rlen) */
   size_t rlen;
@@ -112,7 +116,7 @@ static const char *outcome_name(Fieldsync__Outcome o) {
 
 /* Encodes env and sends it. Records no message: returns 0, an encoding
  * failure as FIELDSYNC_ENOMEM or FIELDSYNC_EINTERNAL, or
- * fsc_os_send_all's code. */
+ * fsc_tls_send_all's code. */
 static int send_frame(struct sync *s, Fieldsync__Envelope *env) {
   uint8_t *buf;
   size_t len;
@@ -120,14 +124,17 @@ static int send_frame(struct sync *s, Fieldsync__Envelope *env) {
 
   if (rc != 0)
     return rc == FSP_ENOMEM ? FIELDSYNC_ENOMEM : FIELDSYNC_EINTERNAL;
-  rc = fsc_os_send_all(s->fd, buf, len, s->timeout_ms);
+  rc = fsc_tls_send_all(s->net, buf, len, s->timeout_ms);
   fsp_free(buf);
   return rc;
 }
 
-/* Records a network failure (FIELDSYNC_ENETWORK or FIELDSYNC_ETIMEOUT)
- * while doing `what` and returns its code. */
+/* Records a network failure (FIELDSYNC_ENETWORK, FIELDSYNC_ETIMEOUT or
+ * FIELDSYNC_ETLS) while doing `what` and returns its code. */
 static int net_fail(struct sync *s, int rc, const char *what) {
+  if (rc == FIELDSYNC_ETLS)
+    return fsc_err(s->db, rc, "TLS with %s: %s (while %s)", s->opts->server,
+                   fsc_tls_errmsg(s->net), what);
   if (rc == FIELDSYNC_ETIMEOUT)
     return fsc_err(s->db, rc, "no progress with %s within %d ms while %s",
                    s->opts->server, s->timeout_ms, what);
@@ -209,7 +216,8 @@ static int salvage_error(struct sync *s) {
     s->roff = 0;
     s->rlen = 0;
     /* The peer is gone, so this returns at once unless bytes are late. */
-    if (fsc_os_recv(s->fd, s->rbuf, SYNC_RX_CHUNK, 100, &got) != 0 || got == 0)
+    if (fsc_tls_recv(s->net, s->rbuf, SYNC_RX_CHUNK, 100, &got) != 0 ||
+        got == 0)
       return 0;
     s->rlen = got;
   }
@@ -278,10 +286,20 @@ static int recv_msg(struct sync *s, Fieldsync__Envelope__BodyCase want,
       return frame_fail(s, rc, what);
     s->roff = 0;
     s->rlen = 0;
-    rc = fsc_os_recv(s->fd, s->rbuf, SYNC_RX_CHUNK, s->timeout_ms, &got);
+    rc = fsc_tls_recv(s->net, s->rbuf, SYNC_RX_CHUNK, s->timeout_ms, &got);
     if (rc != 0) {
       snprintf(doing, sizeof(doing), "awaiting %s", what);
       return net_fail(s, rc, doing);
+    }
+    if (got == 0 && s->opts->plaintext && strcmp(what, "welcome") == 0 &&
+        fsp_frame_finish(&s->dec) != FSP_ETRUNCATED) {
+      /* A plaintext fieldsyncd answers a bad Hello with an Error; a TLS
+       * one cannot, and just hangs up. */
+      return fsc_err(s->db, FIELDSYNC_ENETWORK,
+                     "server %s closed the connection before sending "
+                     "welcome (if it serves TLS, sync with TLS rather than "
+                     "plaintext)",
+                     s->opts->server);
     }
     if (got == 0) {
       /* A truncated frame is ERR_MALFORMED on the wire, but the peer has
@@ -638,6 +656,7 @@ static int push_batch(struct sync *s, const struct fsc_outgoing *o,
         continue;
       memcpy(acks[nack].id, o[b->idx[j]].id, FSP_ID_LEN);
       memcpy(acks[nack].hash, o[b->idx[j]].v.hash, FSP_HASH_LEN);
+      acks[nack].pending = o[b->idx[j]].v.pending;
       nack++;
     }
     if (nack > 0) {
@@ -882,10 +901,37 @@ static int parse_server(fieldsync_db *db, const char *text,
   return 0;
 }
 
+/* The transport options: a pin is 64 hex digits; plaintext takes no CA
+ * file or pin, which would otherwise look like protection it lacks. */
+static int check_transport(fieldsync_db *db,
+                           const struct fieldsync_sync_opts *o) {
+  size_t i;
+
+  if (o->plaintext && (o->ca_file != NULL || o->pin_sha256 != NULL))
+    return fsc_err(db, FIELDSYNC_EINVAL,
+                   "sync: plaintext excludes a CA file and a pin (they "
+                   "only apply to TLS)");
+  if (o->ca_file != NULL && o->ca_file[0] == '\0')
+    return fsc_err(db, FIELDSYNC_EINVAL, "sync: empty CA file name");
+  if (o->pin_sha256 == NULL)
+    return 0;
+  for (i = 0; i < SYNC_PIN_HEX; i++) {
+    char c = o->pin_sha256[i];
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') ||
+          (c >= 'A' && c <= 'F')))
+      break;
+  }
+  if (i != SYNC_PIN_HEX || o->pin_sha256[i] != '\0')
+    return fsc_err(db, FIELDSYNC_EINVAL,
+                   "sync: the pin is not a SHA-256 in hex (64 hex digits)");
+  return 0;
+}
+
 /* The checks both sync forms make before touching the network. */
 static int check_opts(fieldsync_db *db, const struct fieldsync_sync_opts *o,
                       char host[SYNC_HOST_MAX + 1], uint16_t *port) {
   size_t len;
+  int rc;
 
   if (o == NULL)
     return fsc_err(db, FIELDSYNC_EINVAL, "sync: no options");
@@ -902,6 +948,9 @@ static int check_opts(fieldsync_db *db, const struct fieldsync_sync_opts *o,
   if (o->timeout_ms < 0)
     return fsc_err(db, FIELDSYNC_EINVAL, "sync: negative timeout_ms (%d)",
                    o->timeout_ms);
+  rc = check_transport(db, o);
+  if (rc != 0)
+    return rc;
   return parse_server(db, o->server, host, port);
 }
 
@@ -911,7 +960,7 @@ int fieldsync_sync(fieldsync_db *db, const struct fieldsync_sync_opts *opts,
                    struct fieldsync_sync_stats *stats) {
   struct fieldsync_sync_stats local;
   struct sync s;
-  char why[160];
+  char why[256];
   int rc;
 
   if (stats == NULL)
@@ -923,7 +972,6 @@ int fieldsync_sync(fieldsync_db *db, const struct fieldsync_sync_opts *opts,
   s.db = db;
   s.opts = opts;
   s.st = stats;
-  s.fd = -1;
   fsp_frame_decoder_init(&s.dec, FSP_DEFAULT_MAX_FRAME);
   /* Until Welcome tells otherwise, both directions use the defaults. */
   fsp_limits_default(&s.rx);
@@ -938,7 +986,13 @@ int fieldsync_sync(fieldsync_db *db, const struct fieldsync_sync_opts *opts,
     rc = fsc_err(db, FIELDSYNC_ENOMEM, "out of memory");
     goto done;
   }
-  rc = fsc_os_connect(s.host, s.port, s.timeout_ms, &s.fd, why, sizeof(why));
+  rc = fsc_tls_open(&s.net, s.host, s.port, opts, s.timeout_ms, why,
+                    sizeof(why));
+  if (rc == FIELDSYNC_ETLS) {
+    fsc_err(db, rc, "TLS with %s: %s", opts->server, why);
+    sanitize(db->errmsg);
+    goto done;
+  }
   if (rc != 0) {
     fsc_err(db, rc, "cannot connect to %s: %s", opts->server, why);
     goto done;
@@ -955,7 +1009,7 @@ int fieldsync_sync(fieldsync_db *db, const struct fieldsync_sync_opts *opts,
     db->errmsg[0] = '\0';
   }
 done:
-  fsc_os_close(s.fd);
+  fsc_tls_close(s.net);
   fsp_frame_decoder_close(&s.dec);
   fsp_free(s.rbuf);
   return rc;
@@ -965,9 +1019,11 @@ done:
 
 struct fieldsync_sync_job {
   fieldsync_db *db;
-  struct fieldsync_sync_opts opts; /* server and token point at copies */
+  struct fieldsync_sync_opts opts; /* its strings point at the copies */
   char *server;
   char *token;
+  char *ca_file;
+  char *pin;
   fieldsync_sync_done_cb done;
   void *data;
   struct fsc_os_thread *thread;
@@ -989,6 +1045,8 @@ static void free_secret(char *p) {
 static void job_free(struct fieldsync_sync_job *j) {
   fsp_free(j->server);
   free_secret(j->token);
+  fsp_free(j->ca_file);
+  fsp_free(j->pin);
   fsp_free(j);
 }
 
@@ -1028,12 +1086,20 @@ int fieldsync_sync_start(fieldsync_db *db,
   j->token = fsp_strdup(opts->token);
   j->done = done;
   j->data = data;
-  if (j->server == NULL || j->token == NULL) {
+  if (opts->ca_file != NULL)
+    j->ca_file = fsp_strdup(opts->ca_file);
+  if (opts->pin_sha256 != NULL)
+    j->pin = fsp_strdup(opts->pin_sha256);
+  if (j->server == NULL || j->token == NULL ||
+      (opts->ca_file != NULL && j->ca_file == NULL) ||
+      (opts->pin_sha256 != NULL && j->pin == NULL)) {
     rc = fsc_err(db, FIELDSYNC_ENOMEM, "out of memory");
     goto fail;
   }
   j->opts.server = j->server;
   j->opts.token = j->token;
+  j->opts.ca_file = j->ca_file;
+  j->opts.pin_sha256 = j->pin;
   rc = fsc_os_thread_start(&j->thread, job_main, j);
   if (rc != 0) {
     fsc_err(db, rc, "sync: cannot start a thread");

@@ -127,6 +127,14 @@ int proc_run(char *const argv[], char *out, size_t outcap, char *err,
   return WEXITSTATUS(status);
 }
 
+/* True when the NULL-terminated list (may be NULL) holds arg. */
+static bool has_arg(const char *const *list, const char *arg) {
+  while (list != NULL && *list != NULL)
+    if (strcmp(*list++, arg) == 0)
+      return true;
+  return false;
+}
+
 void server_start(struct test_server *s, const char *path, const char *db,
                   const char *const *extra) {
   char *argv[64];
@@ -144,6 +152,8 @@ void server_start(struct test_server *s, const char *path, const char *db,
   argv[n++] = (char *)db;
   argv[n++] = "--listen";
   argv[n++] = "127.0.0.1:0";
+  if (!has_arg(extra, "--tls-cert"))
+    argv[n++] = "--plaintext"; /* allowed: it listens on loopback */
   while (extra != NULL && *extra != NULL && n < 62)
     argv[n++] = (char *)*extra++;
   argv[n] = NULL;

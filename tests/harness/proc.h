@@ -25,8 +25,9 @@ struct test_server {
 };
 
 /* Starts fieldsyncd (path) with --db db --listen 127.0.0.1:0 plus extra
- * (NULL-terminated, may be NULL). Fails the test if it is not ready within
- * 20 s. Its stderr goes to a log file next to db. */
+ * (NULL-terminated, may be NULL), and --plaintext unless extra has
+ * --tls-cert. Fails the test if it is not ready within 20 s. Its stderr
+ * goes to a log file next to db. */
 void server_start(struct test_server *s, const char *path, const char *db,
                   const char *const *extra);
 /* SIGTERM, wait up to 20 s (then SIGKILL and fail the test). Returns the

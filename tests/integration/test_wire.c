@@ -447,7 +447,7 @@ TEST(admin_bad_input) {
   /* fieldsyncd refuses it too, with a message and a non-zero exit. */
   {
     char *a[] = {(char *)fieldsyncd, "--db", path, "--listen", "127.0.0.1:0",
-                 NULL};
+                 "--plaintext", NULL};
     ASSERT_NE(proc_run(a, out, sizeof(out), err, sizeof(err), 20000), 0);
     ASSERT(strstr(err, "fieldsyncd: ") != NULL);
   }

@@ -508,6 +508,7 @@ static size_t relay(fieldsync_db *from, fieldsync_db *to, uint64_t *seq,
     ASSERT_OK(fsp_msg_validate_change(cp[i], &lim, true, "c", &err));
     memcpy(acks[i].id, o[i].id, 16);
     memcpy(acks[i].hash, o[i].v.hash, 32);
+    acks[i].pending = o[i].v.pending;
   }
   ASSERT_OK(fsc_store_apply(to, cp, n, *seq, st));
   ASSERT_OK(fsc_store_ack(from, acks, n));

@@ -210,6 +210,7 @@ static void store_seed(struct store *s, size_t n, char ids[][33]) {
     feed_add(s, &w.c);
     memcpy(a.id, o[i].id, 16);
     memcpy(a.hash, o[i].v.hash, 32);
+    a.pending = o[i].v.pending;
     ASSERT_OK(fsc_store_ack(s->db, &a, 1));
   }
   fsc_outgoing_free(o, k);
@@ -781,6 +782,7 @@ static struct fieldsync_sync_opts opts_for(const struct fake *f, unsigned batch,
   o.server = server_buf;
   o.token = token;
   o.timeout_ms = 5000;
+  o.plaintext = 1; /* the fake server speaks plain TCP */
   o.batch = batch;
   if (l != NULL) {
     memset(l, 0, sizeof(*l));

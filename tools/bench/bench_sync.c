@@ -1,14 +1,24 @@
 /* SPDX-License-Identifier: MIT */
 /* Benchmark of sync between libfieldsync and fieldsyncd against the issue's
- * targets: bulk push and pull, incremental sync on a small and a large
- * server, no-op sync latency, many concurrent clients, many idle sessions,
- * and the server's memory. Each scenario starts its own fieldsyncd on
- * 127.0.0.1 port 0 (never another address), reads its "listening on" line,
- * and stops it by PID at the end, also when the benchmark fails. Prints a
- * table of results, targets and PASS/MISS.
+ * targets: bulk push and pull (1) with the server's peak memory (6),
+ * incremental sync on a small and a large server (2), no-op sync latency
+ * (3), many concurrent clients (4a: raw push-only sessions; 4b:
+ * libfieldsync clients, which also pull the whole feed) and many idle
+ * sessions (5). Each scenario starts its own fieldsyncd on 127.0.0.1 port
+ * 0 (never another address), reads its "listening on" line, and stops it
+ * by PID at the end, also when the benchmark fails; the server dies with
+ * us on Linux even if we are killed. Prints a table of results, targets
+ * and PASS/MISS, plus the CPU time each side spent, which is less skewed
+ * than wall time when the machine is shared.
+ * Raw sessions (4a, 5) speak the wire protocol through proto/, as
+ * bench_proto and the integration tests do; everything else goes through
+ * fieldsync.h.
  * Usage: bench_sync [--quick] [--only N[,N...]] [--dir DIR]
  *                   [--fieldsyncd PATH] [--admin PATH]
- * Build it as Release, without sanitizers. */
+ * Files go in a fresh directory under DIR ($TMPDIR or /tmp), removed at
+ * the end (and on a failure) unless BENCH_KEEP is set; a run stopped by a
+ * signal kills its server but leaves the directory. Build it as Release, without
+ * sanitizers. */
 #define _POSIX_C_SOURCE 200809L
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -39,6 +49,7 @@
 #include "fieldsync.h"
 #include "fsp_frame.h"
 #include "fsp_msg.h"
+#include "fsp_samples.h"
 
 #ifndef BENCH_FIELDSYNCD
 #define BENCH_FIELDSYNCD "fieldsyncd"
@@ -66,15 +77,16 @@ struct sizes {
   unsigned incr_changes;  /* 2: records edited per run */
   unsigned incr_runs;     /* 2: timed runs (plus one warm-up) */
   unsigned noop_runs;     /* 3 */
-  unsigned clients;       /* 4 */
+  unsigned clients;       /* 4a: raw push-only sessions */
   unsigned client_records;
+  unsigned lib_clients;   /* 4b: libfieldsync sessions (each pulls all) */
   unsigned idle;          /* 5 */
 };
 
 static const struct sizes full_sizes = {100000, 10000, 1000000, 100, 9,
-                                        200,    1000,  100,     10000};
+                                        200,    1000,  100,     100, 10000};
 static const struct sizes quick_sizes = {10000, 1000, 20000, 100, 5,
-                                         50,    100,  100,   1000};
+                                         50,    100,  100,   20,  1000};
 
 /* ---- process-wide state ------------------------------------------------ */
 
@@ -195,7 +207,7 @@ static double quantile(double *a, size_t n, double q) {
   return a[k - 1];
 }
 
-/* Removes dir/name, recursively for directories (client files only). */
+/* Removes path, recursively for directories. */
 static void remove_tree(const char *path) {
   char p[1024];
   struct stat st;
@@ -407,6 +419,7 @@ static void server_start(struct server *s, const char *db,
   argv[n++] = s->db;
   argv[n++] = "--listen";
   argv[n++] = "127.0.0.1:0";
+  argv[n++] = "--plaintext"; /* loopback only; TLS is bench_tls */
   while (extra != NULL && *extra != NULL && n < 30)
     argv[n++] = (char *)*extra++;
   argv[n] = NULL;
@@ -503,6 +516,62 @@ static double file_mb(const char *path) {
   if (stat(p, &st) == 0)
     total += (double)st.st_size;
   return total / (1024.0 * 1024.0);
+}
+
+/* The 1-minute load average, or -1: other work on the machine skews every
+ * figure here, so the run reports it. */
+static double loadavg(void) {
+  double l = -1;
+  FILE *f = fopen("/proc/loadavg", "r");
+
+  if (f != NULL) {
+    if (fscanf(f, "%lf", &l) != 1)
+      l = -1;
+    fclose(f);
+  }
+  return l;
+}
+
+/* The kernel's count of connections dropped because a listen queue was
+ * full (TcpExt ListenOverflows, Linux), or -1. Machine-wide, so a delta
+ * over a scenario is only ours on an otherwise quiet machine. */
+static long long listen_overflows(void) {
+  char names[4096];
+  char values[4096];
+  long long v = -1;
+  FILE *f = fopen("/proc/net/netstat", "r");
+
+  if (f == NULL)
+    return -1;
+  while (fgets(names, sizeof(names), f) != NULL &&
+         fgets(values, sizeof(values), f) != NULL) {
+    const char *n = names;
+    const char *x = values;
+
+    if (strncmp(names, "TcpExt:", 7) != 0)
+      continue;
+    /* Walk the header and value lines word by word, in step. */
+    for (;;) {
+      char word[64];
+      long long val;
+      int an = 0;
+      int ax = 0;
+
+      if (sscanf(n, "%63s%n", word, &an) != 1 ||
+          sscanf(x, "%*s%n", &ax) != 0 || ax == 0)
+        break;
+      if (strcmp(word, "ListenOverflows") == 0) {
+        if (sscanf(x, "%lld", &val) == 1)
+          v = val;
+        break;
+      }
+      n += an;
+      x += ax;
+    }
+    break;
+  }
+  fclose(f);
+  return v;
 }
 
 /* ---- clients ----------------------------------------------------------- */
@@ -615,7 +684,46 @@ struct phase_times {
   double push_end; /* last "push" callback; t0 when nothing was pushed */
   double pull_end; /* last "pull" callback */
   double first_pull;
+  /* CPU time (ms) used by the server and by this process: at the start,
+   * at push_end and at the end of the sync. */
+  double srv_cpu[3];
+  double own_cpu[3];
 };
+
+/* CPU time (user + system, ms) of process pid so far, or 0. */
+static double proc_cpu_ms(pid_t pid) {
+  char path[64];
+  char buf[1024];
+  unsigned long long ut = 0;
+  unsigned long long stime = 0;
+  size_t n;
+  char *p;
+  FILE *f;
+
+  snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+  f = fopen(path, "r");
+  if (f == NULL)
+    return 0;
+  n = fread(buf, 1, sizeof(buf) - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  /* Fields 14 and 15, counted after the ")" that ends the command. */
+  p = strrchr(buf, ')');
+  if (p == NULL || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u "
+                                 "%*u %llu %llu",
+                          &ut, &stime) != 2)
+    return 0;
+  return (double)(ut + stime) * 1e3 / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* CPU time (ms) of this process, all threads. */
+static double own_cpu_ms(void) {
+  struct rusage ru;
+
+  getrusage(RUSAGE_SELF, &ru);
+  return (double)ru.ru_utime.tv_sec * 1e3 + ru.ru_utime.tv_usec / 1e3 +
+         (double)ru.ru_stime.tv_sec * 1e3 + ru.ru_stime.tv_usec / 1e3;
+}
 
 static void on_progress(const char *phase, size_t done, size_t total,
                         void *data) {
@@ -626,6 +734,8 @@ static void on_progress(const char *phase, size_t done, size_t total,
   (void)total;
   if (strcmp(phase, "push") == 0) {
     pt->push_end = t;
+    pt->srv_cpu[1] = proc_cpu_ms(srv.pid);
+    pt->own_cpu[1] = own_cpu_ms();
   } else {
     if (pt->first_pull == 0)
       pt->first_pull = t;
@@ -650,15 +760,22 @@ static double sync_once(fieldsync_db *db, unsigned batch,
   memset(pt, 0, sizeof(*pt));
   o.server = srv.addr;
   o.token = token;
+  o.plaintext = 1;
   o.timeout_ms = SYNC_TIMEOUT_MS;
   o.batch = batch;
   o.progress = on_progress;
   o.progress_data = pt;
+  pt->srv_cpu[0] = proc_cpu_ms(srv.pid);
+  pt->own_cpu[0] = own_cpu_ms();
+  pt->srv_cpu[1] = pt->srv_cpu[0];
+  pt->own_cpu[1] = pt->own_cpu[0];
   t0 = now_ms();
   pt->t0 = t0;
   pt->push_end = t0;
   rc = fieldsync_sync(db, &o, st);
   t = now_ms() - t0;
+  pt->srv_cpu[2] = proc_cpu_ms(srv.pid);
+  pt->own_cpu[2] = own_cpu_ms();
   if (rc != 0)
     fail_db(db, "sync", rc);
   return t;
@@ -740,9 +857,11 @@ static void scenario_bulk(const struct sizes *z, unsigned batch,
   push_ms = pt.push_end - pt.t0;
   push_rps = (double)n / (push_ms / 1e3);
   hwm_push = proc_kb(srv.pid, "VmHWM");
-  printf("    push: %.0f ms; the same session then pulled its own %zu back "
-         "in %.0f ms (sync total %.0f ms)\n",
-         push_ms, st.pulled, total_ms - push_ms, total_ms);
+  printf("    push: %.0f ms (CPU: server %.0f ms, client %.0f ms); the same "
+         "session then pulled its own %zu back in %.0f ms (sync total %.0f "
+         "ms)\n",
+         push_ms, pt.srv_cpu[1] - pt.srv_cpu[0], pt.own_cpu[1] - pt.own_cpu[0],
+         st.pulled, total_ms - push_ms, total_ms);
   fflush(stdout);
 
   /* Pull into a fresh client: the whole sync, handshake included. */
@@ -758,9 +877,11 @@ static void scenario_bulk(const struct sizes *z, unsigned batch,
   if (got != n)
     fail("the fresh client holds %llu observations, want %llu",
          (unsigned long long)got, (unsigned long long)n);
-  printf("    pull: %.0f ms; server RSS idle %ld kB, peak after push %ld kB, "
-         "peak after pull %ld kB; server db %.1f MB\n",
-         pull_ms, rss_idle, hwm_push, hwm, file_mb(srv.db));
+  printf("    pull: %.0f ms (CPU: server %.0f ms, client %.0f ms); server RSS "
+         "idle %ld kB, peak after push %ld kB, peak after pull %ld kB; "
+         "server db %.1f MB\n",
+         pull_ms, pt.srv_cpu[2] - pt.srv_cpu[0], pt.own_cpu[2] - pt.own_cpu[0],
+         rss_idle, hwm_push, hwm, file_mb(srv.db));
   fflush(stdout);
 
   snprintf(what, sizeof(what), "1. push %llu x ~500 B, batch %u",
@@ -798,6 +919,8 @@ static double incremental(const struct sizes *z, uint64_t n) {
   struct phase_times pt;
   char (*ids)[33];
   double *t;
+  double srv_cpu = 0;
+  double own_cpu = 0;
   double rec_ms;
   double sync_ms;
   double med;
@@ -879,12 +1002,17 @@ static double incremental(const struct sizes *z, uint64_t n) {
       fail("incremental sync: pushed %zu acked %zu conflicts %zu pulled %zu, "
            "want %u each (no conflicts)",
            st.pushed, st.acked, st.conflicts, st.pulled, z->incr_changes);
-    if (run > 0)
+    if (run > 0) {
       t[run - 1] = sync_ms;
+      srv_cpu += pt.srv_cpu[2] - pt.srv_cpu[0];
+      own_cpu += pt.own_cpu[2] - pt.own_cpu[0];
+    }
   }
   med = quantile(t, z->incr_runs, 0.5);
-  printf("    %u runs: median %.2f ms, min %.2f ms, max %.2f ms\n",
-         z->incr_runs, med, t[0], t[z->incr_runs - 1]);
+  printf("    %u runs: median %.2f ms, min %.2f ms, max %.2f ms; mean CPU per "
+         "sync: server %.1f ms, client %.1f ms\n",
+         z->incr_runs, med, t[0], t[z->incr_runs - 1],
+         srv_cpu / z->incr_runs, own_cpu / z->incr_runs);
   fflush(stdout);
   snprintf(what, sizeof(what), "2. sync %u changes, %llu on server, median",
            z->incr_changes, (unsigned long long)n);
@@ -956,154 +1084,7 @@ static void scenario_noop(const struct sizes *z) {
   free(t);
 }
 
-/* ---- 4: many concurrent clients ---------------------------------------- */
-
-struct client_job {
-  pthread_t thread;
-  pthread_barrier_t *go;
-  unsigned index;
-  unsigned records;
-  fieldsync_db *db;
-  int rc;          /* 0, or the failing call's code */
-  char err[256];   /* what failed */
-  double ms;       /* session time */
-  size_t pushed;
-  size_t acked;
-  size_t pulled;
-};
-
-/* One client thread: records its records (before the barrier, untimed),
- * then syncs once when every client is ready. */
-static void *client_main(void *arg) {
-  struct client_job *j = arg;
-  struct fieldsync_sync_opts o;
-  struct fieldsync_sync_stats st;
-  char path[600];
-  unsigned i;
-  double t0;
-  int rc;
-
-  snprintf(path, sizeof(path), "%s/clients/c%04u.db", dir, j->index);
-  rc = fieldsync_open(path, FIELDSYNC_OPEN_CREATE, NULL, &j->db);
-  if (rc == 0)
-    rc = fieldsync_batch_begin(j->db);
-  for (i = 0; rc == 0 && i < j->records; i++)
-    rc = create_obs(j->db, (uint64_t)j->index * 1000000u + i, NULL);
-  if (rc == 0)
-    rc = fieldsync_batch_commit(j->db);
-  if (rc != 0) {
-    j->rc = rc;
-    snprintf(j->err, sizeof(j->err), "prepare: %s",
-             j->db != NULL ? fieldsync_errmsg(j->db) : fieldsync_strerror(rc));
-  }
-  pthread_barrier_wait(j->go);
-  if (j->rc == 0) {
-    memset(&o, 0, sizeof(o));
-    o.server = srv.addr;
-    o.token = token;
-    o.timeout_ms = SYNC_TIMEOUT_MS;
-    t0 = now_ms();
-    rc = fieldsync_sync(j->db, &o, &st);
-    j->ms = now_ms() - t0;
-    j->pushed = st.pushed;
-    j->acked = st.acked;
-    j->pulled = st.pulled;
-    if (rc != 0) {
-      j->rc = rc;
-      snprintf(j->err, sizeof(j->err), "sync: %s", fieldsync_errmsg(j->db));
-    }
-  }
-  fieldsync_close(j->db);
-  j->db = NULL;
-  return NULL;
-}
-
-static void scenario_concurrent(const struct sizes *z) {
-  const char *extra[] = {"--max-connections", "2000", NULL};
-  struct client_job *jobs = calloc(z->clients, sizeof(*jobs));
-  double *t = malloc(z->clients * sizeof(*t));
-  pthread_barrier_t go;
-  pthread_attr_t attr;
-  char path[600];
-  char what[64];
-  unsigned ok = 0;
-  unsigned i;
-  size_t pulled = 0;
-  size_t acked = 0;
-  double t0;
-  double wall;
-  long hwm;
-
-  if (jobs == NULL || t == NULL)
-    fail("out of memory");
-  printf("[4] %u concurrent clients, %u records each\n", z->clients,
-         z->client_records);
-  fflush(stdout);
-  snprintf(path, sizeof(path), "%s/clients", dir);
-  if (mkdir(path, 0700) != 0 && errno != EEXIST)
-    fail("mkdir %s: %s", path, strerror(errno));
-  fresh_server("concurrent.srv", extra);
-  pthread_barrier_init(&go, NULL, z->clients + 1);
-  pthread_attr_init(&attr);
-  pthread_attr_setstacksize(&attr, 512 * 1024);
-  for (i = 0; i < z->clients; i++) {
-    jobs[i].go = &go;
-    jobs[i].index = i;
-    jobs[i].records = z->client_records;
-    if (pthread_create(&jobs[i].thread, &attr, client_main, &jobs[i]) != 0)
-      /* The barrier can never open now: the threads made so far would
-       * wait forever, and fail() ends the process. */
-      fail("cannot start client thread %u", i);
-  }
-  pthread_barrier_wait(&go); /* every client has its records */
-  t0 = now_ms();
-  for (i = 0; i < z->clients; i++)
-    pthread_join(jobs[i].thread, NULL);
-  wall = now_ms() - t0;
-  hwm = proc_kb(srv.pid, "VmHWM");
-  for (i = 0; i < z->clients; i++) {
-    if (jobs[i].rc != 0) {
-      fprintf(stderr, "    client %u: %s (%s)\n", i, jobs[i].err,
-              fieldsync_errname(jobs[i].rc));
-      continue;
-    }
-    if (jobs[i].acked != z->client_records) {
-      fprintf(stderr, "    client %u: %zu of %u acknowledged\n", i,
-              jobs[i].acked, z->client_records);
-      continue;
-    }
-    t[ok++] = jobs[i].ms;
-    acked += jobs[i].acked;
-    pulled += jobs[i].pulled;
-  }
-  printf("    %u of %u completed in %.0f ms; %zu records acknowledged, "
-         "%zu pulled in all; server peak RSS %.1f MB\n",
-         ok, z->clients, wall, acked, pulled, (double)hwm / 1024.0);
-  fflush(stdout);
-  snprintf(what, sizeof(what), "4. %u clients x %u records: completed",
-           z->clients, z->client_records);
-  add_row(what, "all", ok == z->clients, "%u/%u", ok, z->clients);
-  add_row("4. aggregate push rate (pulls included)", "-", -1, "%.0f rec/s",
-          (double)acked / (wall / 1e3));
-  if (ok > 0) {
-    double p50 = quantile(t, ok, 0.5);
-    double p99 = quantile(t, ok, 0.99);
-
-    printf("    session time: median %.0f ms, p99 %.0f ms, max %.0f ms\n", p50,
-           p99, t[ok - 1]);
-    add_row("4. session time p99", "-", -1, "%.0f ms", p99);
-    add_row("4. session time median", "-", -1, "%.0f ms", p50);
-  }
-  add_row("4. server peak RSS", "-", -1, "%.1f MB", (double)hwm / 1024.0);
-  pthread_barrier_destroy(&go);
-  pthread_attr_destroy(&attr);
-  stop_server();
-  remove_tree(path);
-  free(jobs);
-  free(t);
-}
-
-/* ---- 5: idle sessions over raw sockets --------------------------------- */
+/* ---- raw sessions (4a, 5): the wire protocol without libfieldsync ------ */
 
 static int dial(int port) {
   struct sockaddr_in a;
@@ -1169,19 +1150,75 @@ static int hello_frame(uint8_t **frame, size_t *len) {
   return fsp_msg_encode_frame(&env, FSP_DEFAULT_MAX_FRAME, frame, len);
 }
 
+/* Sends all of p; 0 or -1. */
+static int send_all(int fd, const uint8_t *p, size_t n) {
+  while (n > 0) {
+    ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0)
+      return -1;
+    p += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+/* Reads one frame before the deadline and decodes it into m (release with
+ * fsp_msg_close). An Error from the server, or a body other than want, is
+ * a failure. Returns 0 or -1 with why filled in. */
+static int recv_msg(int fd, double deadline, Fieldsync__Envelope__BodyCase want,
+                    struct fsp_msg *m, char *why, size_t cap) {
+  struct fsp_limits lim;
+  struct fsp_error err;
+  uint8_t hdr[FSP_FRAME_HEADER];
+  uint8_t *body;
+  uint32_t blen;
+  int rc;
+
+  m->env = NULL;
+  if (read_exact(fd, hdr, sizeof(hdr), deadline) != 0) {
+    snprintf(why, cap, "no reply (closed or timed out)");
+    return -1;
+  }
+  blen = (uint32_t)hdr[0] << 24 | (uint32_t)hdr[1] << 16 |
+         (uint32_t)hdr[2] << 8 | hdr[3];
+  if (blen == 0 || blen > FSP_DEFAULT_MAX_FRAME) {
+    snprintf(why, cap, "reply frame of %u bytes", (unsigned)blen);
+    return -1;
+  }
+  body = malloc(blen);
+  if (body == NULL || read_exact(fd, body, blen, deadline) != 0) {
+    free(body);
+    snprintf(why, cap, "truncated reply");
+    return -1;
+  }
+  fsp_limits_default(&lim);
+  rc = fsp_msg_decode(m, body, blen, &lim, &err);
+  free(body);
+  if (rc != 0) {
+    snprintf(why, cap, "bad reply: %s", err.msg);
+    return -1;
+  }
+  if (m->env->body_case != want) {
+    snprintf(why, cap, "got %s%s%s", fsp_msg_body_name(m->env),
+             m->env->body_case == FIELDSYNC__ENVELOPE__BODY_ERROR ? ": " : "",
+             m->env->body_case == FIELDSYNC__ENVELOPE__BODY_ERROR
+                 ? m->env->error->message
+                 : "");
+    fsp_msg_close(m);
+    return -1;
+  }
+  return 0;
+}
+
 /* Opens a session: connect, Hello, Welcome. Returns the socket or -1 with
  * why filled in. */
 static int open_session(int port, char *why, size_t cap) {
-  struct fsp_limits lim;
-  struct fsp_error err;
   struct fsp_msg m;
-  uint8_t hdr[FSP_FRAME_HEADER];
   uint8_t *frame = NULL;
-  uint8_t *body = NULL;
   size_t len;
-  size_t off = 0;
-  uint32_t blen;
-  double deadline = now_ms() + 30000;
   int fd = dial(port);
 
   if (fd < 0) {
@@ -1192,55 +1229,353 @@ static int open_session(int port, char *why, size_t cap) {
     snprintf(why, cap, "cannot encode Hello");
     goto fail;
   }
-  while (off < len) {
-    ssize_t w = send(fd, frame + off, len - off, MSG_NOSIGNAL);
-
-    if (w < 0 && errno == EINTR)
-      continue;
-    if (w <= 0) {
-      snprintf(why, cap, "send: %s", strerror(errno));
-      goto fail;
-    }
-    off += (size_t)w;
-  }
-  if (read_exact(fd, hdr, sizeof(hdr), deadline) != 0) {
-    snprintf(why, cap, "no reply to Hello");
+  if (send_all(fd, frame, len) != 0) {
+    snprintf(why, cap, "send Hello: %s", strerror(errno));
     goto fail;
   }
-  blen = (uint32_t)hdr[0] << 24 | (uint32_t)hdr[1] << 16 |
-         (uint32_t)hdr[2] << 8 | hdr[3];
-  if (blen == 0 || blen > 65536) {
-    snprintf(why, cap, "reply frame of %u bytes", (unsigned)blen);
+  if (recv_msg(fd, now_ms() + SYNC_TIMEOUT_MS,
+               FIELDSYNC__ENVELOPE__BODY_WELCOME, &m, why, cap) != 0)
     goto fail;
-  }
-  body = malloc(blen);
-  if (body == NULL || read_exact(fd, body, blen, deadline) != 0) {
-    snprintf(why, cap, "truncated reply to Hello");
-    goto fail;
-  }
-  fsp_limits_default(&lim);
-  if (fsp_msg_decode(&m, body, blen, &lim, &err) != 0) {
-    snprintf(why, cap, "bad reply: %s", err.msg);
-    goto fail;
-  }
-  if (m.env->body_case != FIELDSYNC__ENVELOPE__BODY_WELCOME) {
-    snprintf(why, cap, "got %s, not welcome%s%s", fsp_msg_body_name(m.env),
-             m.env->body_case == FIELDSYNC__ENVELOPE__BODY_ERROR ? ": " : "",
-             m.env->body_case == FIELDSYNC__ENVELOPE__BODY_ERROR
-                 ? m.env->error->message
-                 : "");
-    fsp_msg_close(&m);
-    goto fail;
-  }
   fsp_msg_close(&m);
   fsp_free(frame);
-  free(body);
   return fd;
 fail:
   fsp_free(frame);
-  free(body);
   close(fd);
   return -1;
+}
+
+/* ---- 4: many concurrent clients ---------------------------------------- */
+
+/* 4a: one raw push-only session: Hello, Push of `records` changes, PushAck
+ * (sent by the server after its durable commit), Bye. No pull: with scope
+ * enforcement still pending every client pulls the whole feed, so 1,000
+ * libfieldsync sessions would pull each other's records 1,000 times over
+ * (4b measures that with fewer clients). */
+struct push_job {
+  pthread_t thread;
+  pthread_barrier_t *go;
+  unsigned index;
+  unsigned records;
+  int port;
+  bool ok;
+  char err[256];
+  double ms;        /* connect to PushAck */
+  unsigned applied; /* outcomes "applied" */
+};
+
+/* Encodes the Push of job j: changes j->index * records + i, each with a
+ * 420-byte evidence text (about 500 bytes of payload). */
+static int push_frame(const struct push_job *j, uint8_t **frame,
+                      size_t *len) {
+  Fieldsync__Envelope env = FIELDSYNC__ENVELOPE__INIT;
+  Fieldsync__Push push = FIELDSYNC__PUSH__INIT;
+  struct sample_change *ch = malloc(j->records * sizeof(*ch));
+  Fieldsync__Change **cp = malloc(j->records * sizeof(*cp));
+  unsigned i;
+  int rc = -1;
+
+  if (ch != NULL && cp != NULL) {
+    for (i = 0; i < j->records; i++) {
+      sample_change_init(&ch[i], j->index * j->records + i, EVIDENCE_LEN);
+      cp[i] = &ch[i].c;
+    }
+    push.has_batch_id = 1;
+    push.batch_id = 1;
+    push.n_changes = j->records;
+    push.changes = cp;
+    env.has_protocol_version = 1;
+    env.protocol_version = FSP_PROTOCOL_VERSION;
+    env.body_case = FIELDSYNC__ENVELOPE__BODY_PUSH;
+    env.push = &push;
+    rc = fsp_msg_encode_frame(&env, FSP_DEFAULT_MAX_FRAME, frame, len);
+  }
+  free(ch);
+  free(cp);
+  return rc;
+}
+
+static void *push_main(void *arg) {
+  Fieldsync__Envelope env = FIELDSYNC__ENVELOPE__INIT;
+  Fieldsync__Bye bye = FIELDSYNC__BYE__INIT;
+  struct push_job *j = arg;
+  struct fsp_msg m;
+  uint8_t *frame = NULL;
+  uint8_t *bframe = NULL;
+  size_t len = 0;
+  size_t blen = 0;
+  double t0;
+  size_t i;
+  int fd = -1;
+  bool ready;
+
+  env.body_case = FIELDSYNC__ENVELOPE__BODY_BYE;
+  env.bye = &bye;
+  ready = push_frame(j, &frame, &len) == 0 &&
+          fsp_msg_encode_frame(&env, FSP_DEFAULT_MAX_FRAME, &bframe, &blen) ==
+              0;
+  if (!ready)
+    snprintf(j->err, sizeof(j->err), "cannot encode the Push");
+  pthread_barrier_wait(j->go);
+  if (!ready)
+    goto done;
+  t0 = now_ms();
+  fd = open_session(j->port, j->err, sizeof(j->err));
+  if (fd < 0)
+    goto done;
+  if (send_all(fd, frame, len) != 0) {
+    snprintf(j->err, sizeof(j->err), "send Push: %s", strerror(errno));
+    goto done;
+  }
+  if (recv_msg(fd, t0 + SYNC_TIMEOUT_MS, FIELDSYNC__ENVELOPE__BODY_PUSH_ACK,
+               &m, j->err, sizeof(j->err)) != 0)
+    goto done;
+  j->ms = now_ms() - t0;
+  for (i = 0; i < m.env->push_ack->n_outcomes; i++)
+    if (m.env->push_ack->outcomes[i]->outcome ==
+        FIELDSYNC__OUTCOME__OUTCOME_APPLIED)
+      j->applied++;
+  if (m.env->push_ack->n_outcomes != j->records)
+    snprintf(j->err, sizeof(j->err), "%zu outcomes for %u changes",
+             m.env->push_ack->n_outcomes, j->records);
+  else
+    j->ok = true;
+  fsp_msg_close(&m);
+  (void)send_all(fd, bframe, blen);
+done:
+  if (fd >= 0)
+    close(fd);
+  fsp_free(frame);
+  fsp_free(bframe);
+  return NULL;
+}
+
+static void scenario_push_sessions(const struct sizes *z) {
+  const char *extra[] = {"--max-connections", "2000", NULL};
+  struct push_job *jobs = calloc(z->clients, sizeof(*jobs));
+  double *t = malloc(z->clients * sizeof(*t));
+  pthread_barrier_t go;
+  pthread_attr_t attr;
+  char what[64];
+  unsigned ok = 0;
+  unsigned i;
+  size_t applied = 0;
+  long long overflows;
+  double t0;
+  double wall;
+  long hwm;
+
+  if (jobs == NULL || t == NULL)
+    fail("out of memory");
+  printf("[4a] %u concurrent push-only sessions (raw protocol), %u records "
+         "each\n",
+         z->clients, z->client_records);
+  fflush(stdout);
+  fresh_server("push.srv", extra);
+  pthread_barrier_init(&go, NULL, z->clients + 1);
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, 256 * 1024);
+  for (i = 0; i < z->clients; i++) {
+    jobs[i].go = &go;
+    jobs[i].index = i;
+    jobs[i].records = z->client_records;
+    jobs[i].port = srv.port;
+    if (pthread_create(&jobs[i].thread, &attr, push_main, &jobs[i]) != 0)
+      /* The barrier can never open now; fail() ends the process. */
+      fail("cannot start client thread %u", i);
+  }
+  overflows = listen_overflows();
+  pthread_barrier_wait(&go); /* every Push is encoded */
+  t0 = now_ms();
+  for (i = 0; i < z->clients; i++)
+    pthread_join(jobs[i].thread, NULL);
+  wall = now_ms() - t0;
+  hwm = proc_kb(srv.pid, "VmHWM");
+  if (overflows >= 0 && listen_overflows() >= overflows)
+    overflows = listen_overflows() - overflows;
+  for (i = 0; i < z->clients; i++) {
+    if (!jobs[i].ok) {
+      fprintf(stderr, "    session %u: %s\n", i, jobs[i].err);
+      continue;
+    }
+    t[ok++] = jobs[i].ms;
+    applied += jobs[i].applied;
+  }
+  printf("    %u of %u completed in %.0f ms; %zu records applied; server "
+         "peak RSS %.1f MB; listen queue overflows meanwhile: %lld\n",
+         ok, z->clients, wall, applied, (double)hwm / 1024.0, overflows);
+  snprintf(what, sizeof(what), "4a. %u push sessions x %u: completed",
+           z->clients, z->client_records);
+  add_row(what, "all", ok == z->clients &&
+                           applied == (size_t)z->clients * z->client_records,
+          "%u/%u", ok, z->clients);
+  add_row("4a. aggregate rate (durable acks)", "-", -1, "%.0f rec/s",
+          (double)applied / (wall / 1e3));
+  if (ok > 0) {
+    double p50 = quantile(t, ok, 0.5);
+    double p99 = quantile(t, ok, 0.99);
+
+    printf("    session time: median %.1f ms, p99 %.1f ms, max %.1f ms\n",
+           p50, p99, t[ok - 1]);
+    add_row("4a. session time median", "-", -1, "%.1f ms", p50);
+    add_row("4a. session time p99", "-", -1, "%.1f ms", p99);
+  }
+  add_row("4a. server peak RSS", "-", -1, "%.1f MB", (double)hwm / 1024.0);
+  fflush(stdout);
+  pthread_barrier_destroy(&go);
+  pthread_attr_destroy(&attr);
+  stop_server();
+  free(jobs);
+  free(t);
+}
+
+/* 4b: libfieldsync clients, each with its own database. */
+
+struct client_job {
+  pthread_t thread;
+  pthread_barrier_t *go;
+  unsigned index;
+  unsigned records;
+  fieldsync_db *db;
+  int rc;          /* 0, or the failing call's code */
+  char err[256];   /* what failed */
+  double ms;       /* session time */
+  size_t pushed;
+  size_t acked;
+  size_t pulled;
+};
+
+/* One client thread: records its records (before the barrier, untimed),
+ * then syncs once when every client is ready. */
+static void *client_main(void *arg) {
+  struct client_job *j = arg;
+  struct fieldsync_sync_opts o;
+  struct fieldsync_sync_stats st;
+  char path[600];
+  unsigned i;
+  double t0;
+  int rc;
+
+  snprintf(path, sizeof(path), "%s/clients/c%04u.db", dir, j->index);
+  rc = fieldsync_open(path, FIELDSYNC_OPEN_CREATE, NULL, &j->db);
+  if (rc == 0)
+    rc = fieldsync_batch_begin(j->db);
+  for (i = 0; rc == 0 && i < j->records; i++)
+    rc = create_obs(j->db, (uint64_t)j->index * 1000000u + i, NULL);
+  if (rc == 0)
+    rc = fieldsync_batch_commit(j->db);
+  if (rc != 0) {
+    j->rc = rc;
+    snprintf(j->err, sizeof(j->err), "prepare: %s",
+             j->db != NULL ? fieldsync_errmsg(j->db) : fieldsync_strerror(rc));
+  }
+  pthread_barrier_wait(j->go);
+  if (j->rc == 0) {
+    memset(&o, 0, sizeof(o));
+    o.server = srv.addr;
+    o.token = token;
+    o.plaintext = 1;
+    o.timeout_ms = SYNC_TIMEOUT_MS;
+    t0 = now_ms();
+    rc = fieldsync_sync(j->db, &o, &st);
+    j->ms = now_ms() - t0;
+    j->pushed = st.pushed;
+    j->acked = st.acked;
+    j->pulled = st.pulled;
+    if (rc != 0) {
+      j->rc = rc;
+      snprintf(j->err, sizeof(j->err), "sync: %s", fieldsync_errmsg(j->db));
+    }
+  }
+  fieldsync_close(j->db);
+  j->db = NULL;
+  return NULL;
+}
+
+static void scenario_concurrent(const struct sizes *z) {
+  const char *extra[] = {"--max-connections", "2000", NULL};
+  struct client_job *jobs = calloc(z->lib_clients, sizeof(*jobs));
+  double *t = malloc(z->lib_clients * sizeof(*t));
+  pthread_barrier_t go;
+  pthread_attr_t attr;
+  char path[600];
+  char what[64];
+  unsigned ok = 0;
+  unsigned i;
+  size_t pulled = 0;
+  size_t acked = 0;
+  double t0;
+  double wall;
+  long hwm;
+
+  if (jobs == NULL || t == NULL)
+    fail("out of memory");
+  printf("[4b] %u concurrent libfieldsync clients, %u records each "
+         "(each also pulls the whole feed)\n",
+         z->lib_clients, z->client_records);
+  fflush(stdout);
+  snprintf(path, sizeof(path), "%s/clients", dir);
+  if (mkdir(path, 0700) != 0 && errno != EEXIST)
+    fail("mkdir %s: %s", path, strerror(errno));
+  fresh_server("concurrent.srv", extra);
+  pthread_barrier_init(&go, NULL, z->lib_clients + 1);
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, 512 * 1024);
+  for (i = 0; i < z->lib_clients; i++) {
+    jobs[i].go = &go;
+    jobs[i].index = i;
+    jobs[i].records = z->client_records;
+    if (pthread_create(&jobs[i].thread, &attr, client_main, &jobs[i]) != 0)
+      /* The barrier can never open now: the threads made so far would
+       * wait forever, and fail() ends the process. */
+      fail("cannot start client thread %u", i);
+  }
+  pthread_barrier_wait(&go); /* every client has its records */
+  t0 = now_ms();
+  for (i = 0; i < z->lib_clients; i++)
+    pthread_join(jobs[i].thread, NULL);
+  wall = now_ms() - t0;
+  hwm = proc_kb(srv.pid, "VmHWM");
+  for (i = 0; i < z->lib_clients; i++) {
+    if (jobs[i].rc != 0) {
+      fprintf(stderr, "    client %u: %s (%s)\n", i, jobs[i].err,
+              fieldsync_errname(jobs[i].rc));
+      continue;
+    }
+    if (jobs[i].acked != z->client_records) {
+      fprintf(stderr, "    client %u: %zu of %u acknowledged\n", i,
+              jobs[i].acked, z->client_records);
+      continue;
+    }
+    t[ok++] = jobs[i].ms;
+    acked += jobs[i].acked;
+    pulled += jobs[i].pulled;
+  }
+  printf("    %u of %u completed in %.0f ms; %zu records acknowledged, "
+         "%zu pulled in all; server peak RSS %.1f MB\n",
+         ok, z->lib_clients, wall, acked, pulled, (double)hwm / 1024.0);
+  fflush(stdout);
+  snprintf(what, sizeof(what), "4b. %u lib clients x %u: completed",
+           z->lib_clients, z->client_records);
+  add_row(what, "all", ok == z->lib_clients, "%u/%u", ok, z->lib_clients);
+  add_row("4b. aggregate push rate (pulls included)", "-", -1, "%.0f rec/s",
+          (double)acked / (wall / 1e3));
+  if (ok > 0) {
+    double p50 = quantile(t, ok, 0.5);
+    double p99 = quantile(t, ok, 0.99);
+
+    printf("    session time: median %.0f ms, p99 %.0f ms, max %.0f ms\n", p50,
+           p99, t[ok - 1]);
+    add_row("4b. session time p99", "-", -1, "%.0f ms", p99);
+    add_row("4b. session time median", "-", -1, "%.0f ms", p50);
+  }
+  add_row("4b. server peak RSS", "-", -1, "%.1f MB", (double)hwm / 1024.0);
+  pthread_barrier_destroy(&go);
+  pthread_attr_destroy(&attr);
+  stop_server();
+  remove_tree(path);
+  free(jobs);
+  free(t);
 }
 
 static void scenario_idle(const struct sizes *z) {
@@ -1256,6 +1591,7 @@ static void scenario_idle(const struct sizes *z) {
   long rss;
   long hwm;
   double t0;
+  double open_ms;
   double noop_ms;
   fieldsync_db *db;
 
@@ -1278,6 +1614,7 @@ static void scenario_idle(const struct sizes *z) {
     }
     open++;
   }
+  open_ms = now_ms() - t0;
   sleep_ms(1000); /* let the server settle (housekeeping, pool threads) */
   rss = proc_kb(srv.pid, "VmRSS");
   hwm = proc_kb(srv.pid, "VmHWM");
@@ -1291,7 +1628,7 @@ static void scenario_idle(const struct sizes *z) {
   printf("    opened %u in %.0f ms; server RSS %.1f MB before, %.1f MB with "
          "them (%.1f kB each), peak %.1f MB; a real sync meanwhile took "
          "%.1f ms\n",
-         open, now_ms() - t0 - 1000 - noop_ms, (double)rss0 / 1024.0,
+         open, open_ms, (double)rss0 / 1024.0,
          (double)rss / 1024.0, (double)(rss - rss0) / (double)open,
          (double)hwm / 1024.0, noop_ms);
   fflush(stdout);
@@ -1395,9 +1732,9 @@ int main(int argc, char **argv) {
   for (i = 0; i < sizeof(pool); i++)
     pool[i] = words[next_rand() % (sizeof(words) - 1)];
   printf("bench_sync: libfieldsync %s, %s run, files in %s, "
-         "RLIMIT_NOFILE %llu, %ld CPUs\n",
+         "RLIMIT_NOFILE %llu, %ld CPUs, load average %.2f\n",
          fieldsync_version_string(), z == &quick_sizes ? "quick" : "full", dir,
-         (unsigned long long)nofile, sysconf(_SC_NPROCESSORS_ONLN));
+         (unsigned long long)nofile, sysconf(_SC_NPROCESSORS_ONLN), loadavg());
   fflush(stdout);
   if (only[5] && nofile < (rlim_t)z->idle + 100)
     fprintf(stderr, "bench_sync: RLIMIT_NOFILE %llu is below %u idle "
@@ -1414,11 +1751,16 @@ int main(int argc, char **argv) {
   }
   if (only[2])
     scenario_incremental(z);
-  if (only[4])
+  if (only[4]) {
+    scenario_push_sessions(z);
     scenario_concurrent(z);
+  }
   if (only[5])
     scenario_idle(z);
   print_table();
+  printf("load average at the end: %.2f (figures assume an otherwise idle "
+         "machine)\n",
+         loadavg());
   cleanup();
   return 0;
 }

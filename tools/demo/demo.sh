@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
 # The field-visit demo: a key inspection recorded offline on three tablets,
-# synced through fieldsyncd, a conflict on a requirement resolved at head
-# office, and all four replicas converging. Uses only the real binaries.
+# synced through fieldsyncd over TLS, a conflict on a requirement resolved
+# at head office, and all four replicas converging. Uses only the real
+# binaries, plus the openssl command to make a throwaway CA for the server.
 # Usage: tools/demo/demo.sh BUILD_DIR
 set -euo pipefail
 
@@ -13,6 +14,8 @@ cli="$build/client/fieldsync"
 for b in "$fsd" "$adm" "$cli"; do
   [ -x "$b" ] || { echo "demo: $b is not built" >&2; exit 1; }
 done
+command -v openssl >/dev/null ||
+  { echo "demo: the openssl command is needed to make the demo's CA" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/fieldsync-demo.XXXXXX)
 server_pid=""
@@ -37,9 +40,28 @@ else
 fi
 note() { printf '   %s\n' "$*"; }
 
-say "Head office starts the sync server (fieldsyncd) on this machine"
-"$fsd" --db "$work/server.db" --listen 127.0.0.1:0 >"$work/server.out" \
-  2>"$work/server.log" &
+say "Head office makes a throwaway CA and a certificate for the server"
+# A real deployment uses its organisation's CA; this one lives and dies
+# with the demo's temporary directory. EC P-256 keys, a CA valid for a day,
+# and a server certificate for the address the tablets dial (127.0.0.1).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+  -keyout "$work/ca.key" -out "$work/ca.pem" -days 1 \
+  -subj "/CN=fieldsync demo CA" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+  -keyout "$work/server.key" -out "$work/server.csr" \
+  -subj "/CN=127.0.0.1" 2>/dev/null
+printf '%s\n' "basicConstraints=CA:FALSE" \
+  "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" \
+  "subjectAltName=IP:127.0.0.1,DNS:localhost" >"$work/server.ext"
+openssl x509 -req -in "$work/server.csr" -CA "$work/ca.pem" \
+  -CAkey "$work/ca.key" -CAcreateserial -days 1 -sha256 \
+  -extfile "$work/server.ext" -out "$work/server.pem" 2>/dev/null
+note "CA $work/ca.pem; server certificate for IP 127.0.0.1 and localhost"
+
+say "Head office starts the sync server (fieldsyncd, TLS) on this machine"
+"$fsd" --db "$work/server.db" --listen 127.0.0.1:0 \
+  --tls-cert "$work/server.pem" --tls-key "$work/server.key" \
+  >"$work/server.out" 2>"$work/server.log" &
 server_pid=$!
 for _ in $(seq 1 200); do
   grep -q '^listening on ' "$work/server.out" 2>/dev/null && break
@@ -48,7 +70,7 @@ for _ in $(seq 1 200); do
 done
 addr=$(sed -n 's/^listening on //p' "$work/server.out")
 [ -n "$addr" ] || { echo "demo: server did not start" >&2; exit 1; }
-note "listening on $addr (server database: $work/server.db)"
+note "listening on $addr with TLS (server database: $work/server.db)"
 
 say "Head office registers the team, each with one device token"
 "$adm" --db "$work/server.db" user add lead --role inspector
@@ -70,7 +92,7 @@ count() { # count JSON-ARRAY-TEXT: records in it
 sync() { # sync USER
   printf '   %-7s ' "$1"
   FIELDSYNC_TOKEN=${token[$1]} "$cli" --db "$work/$1.db" sync \
-    --server "$addr" 2>/dev/null
+    --server "$addr" --ca "$work/ca.pem" 2>/dev/null
 }
 
 say "Head office sets up the service and schedules a key unannounced visit"
