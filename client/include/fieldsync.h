@@ -405,8 +405,10 @@ struct fieldsync_sync_stats {
  * must match too. opts->plaintext = 1 speaks plain TCP instead, which a
  * server accepts on a loopback address only. Each step of the TLS handshake
  * is a network wait bounded by timeout_ms. Resolving the host name is not
- * bounded by timeout_ms. The pull cursor is not yet tied to the server's
- * id, so a database should sync with one server (store) only.
+ * bounded by timeout_ms. The pull cursor belongs to the server's id: a
+ * different server (a new store) restarts the pull from the beginning. A
+ * server store restored from a backup keeps its id and is not detected
+ * yet: do not restore a server store without resetting its id.
  *
  * @param db    the database; no fieldsync_batch_begin() batch may be open
  * @param opts  server, token, limits and callbacks (see the struct)
