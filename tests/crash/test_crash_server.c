@@ -532,8 +532,8 @@ static void add_id(const char *id) {
 /* A new observation in visit. */
 static void create_obs(struct client *c, const char *visit) {
   fieldsync_draft *d = NULL;
-  char code[8];
-  char j[4];
+  char code[16];
+  char j[16];
   char ev[128];
   char id[33];
 
@@ -577,7 +577,7 @@ static int edit_random(struct client *c) {
   char text[128];
   int rc;
 
-  snprintf(text, sizeof(text), "%s edited this (%llu).", c->user,
+  snprintf(text, sizeof(text), "%.40s edited this (%llu).", c->user,
            (unsigned long long)test_rand_below(&rng, 1000000));
   rc = fieldsync_draft_for_edit(c->db, id, &d);
   if (rc == FIELDSYNC_ENOTFOUND || rc == FIELDSYNC_EDELETED)

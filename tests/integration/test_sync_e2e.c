@@ -546,8 +546,8 @@ TEST(field_visit_conflict_resolution) {
   /* Offline fieldwork: OP7..OP30 split between the two inspectors. */
   for (code = 7; code <= 30; code++) {
     struct replica *who = code <= 18 ? &lead : &second;
-    char sc[8];
-    char judgement[4];
+    char sc[16];
+    char judgement[16];
     char evidence[128];
     const struct kv kv[] = {
         {"visit_id", visit},
