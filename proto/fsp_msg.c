@@ -447,6 +447,12 @@ int fsp_msg_decode(struct fsp_msg *m, const uint8_t *buf, size_t len,
   return rc;
 }
 
+void fsp_msg_move(struct fsp_msg *dst, struct fsp_msg *src) {
+  *dst = *src;
+  dst->budget.pc.allocator_data = &dst->budget;
+  src->env = NULL;
+}
+
 void fsp_msg_close(struct fsp_msg *m) {
   if (m->env != NULL) {
     fieldsync__envelope__free_unpacked(m->env, &m->budget.pc);

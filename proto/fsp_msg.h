@@ -48,6 +48,10 @@ int fsp_msg_decode(struct fsp_msg *m, const uint8_t *buf, size_t len,
                    const struct fsp_limits *lim, struct fsp_error *err);
 /* Frees m->env. Safe on a zeroed or already-closed m. */
 void fsp_msg_close(struct fsp_msg *m);
+/* Moves a decoded message to dst (which takes ownership) and empties src.
+ * Never copy a struct fsp_msg by assignment: its allocator points at its
+ * own budget, so a copy would free through the old struct. */
+void fsp_msg_move(struct fsp_msg *dst, struct fsp_msg *src);
 
 /* Checks a decoded envelope against the rules of PROTOCOL.md. */
 int fsp_msg_validate(const Fieldsync__Envelope *env,

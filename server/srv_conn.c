@@ -379,8 +379,7 @@ static void handle_frame(struct srv_conn *c, uint8_t *body, size_t len) {
       job = job_new(c, SRV_JOB_PUSH);
       if (job == NULL)
         break;
-      job->msg = m; /* the job owns the decoded envelope now */
-      m.env = NULL;
+      fsp_msg_move(&job->msg, &m); /* the job owns it now */
       c->state = CONN_BUSY;
       srv_writer_submit(srv, job);
       break;

@@ -1343,15 +1343,6 @@ static void check_converged(struct run *r) {
 
 /* ---- servers ----------------------------------------------------------- */
 
-static void admin_run(char **argv, char *out, size_t cap) {
-  char err[512];
-  int st = proc_run(argv, out, cap, err, sizeof(err), 30000);
-
-  if (st != 0)
-    test_fail(__FILE__, __LINE__, "fieldsync-admin %s %s: status %d: %s",
-              argv[3], argv[4], st, err);
-}
-
 /* Where the databases go: $FIELDSYNC_TEST_TMPDIR, else /dev/shm when it
  * is there, else $TMPDIR or /tmp. The test is about the merge and the
  * protocol, and a killed process loses no page cache, so a RAM disk loses
@@ -1389,13 +1380,12 @@ static void part_init(struct part *p) {
     test_fail(__FILE__, __LINE__, "mkdtemp %s: %s", p->dir, strerror(errno));
   snprintf(p->tmpl, sizeof(p->tmpl), "%s/template.db", p->dir);
   {
-    char *a[] = {(char *)admin, "--db",   p->tmpl,     "user", "add",
-                 "lead",        "--role", "inspector", NULL};
-    admin_run(a, out, sizeof(out));
+    const char *a[] = {"user", "add", "lead", "--role", "inspector", NULL};
+    proc_admin_run(admin, p->tmpl, a, out, sizeof(out));
   }
   for (i = 0; i < MAXC; i++) {
-    char *a[] = {(char *)admin, "--db", p->tmpl, "device", "add", "lead", NULL};
-    admin_run(a, out, sizeof(out));
+    const char *a[] = {"device", "add", "lead", NULL};
+    proc_admin_run(admin, p->tmpl, a, out, sizeof(out));
     ASSERT(sscanf(out, "%127s", p->tokens[i]) == 1);
   }
 }

@@ -11,7 +11,6 @@
  * $FIELDSYNC_SEED repeats a run, $FIELDSYNC_TEST_SCALE multiplies the
  * kills, and $FIELDSYNC_KEEP_TMP=1 keeps the temporary directory. */
 #define _POSIX_C_SOURCE 200809L
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -26,6 +25,7 @@
 
 #include "fieldsync.h"
 #include "harness.h"
+#include "proc.h"
 
 extern char **environ;
 
@@ -60,64 +60,14 @@ static double now_ms(void) {
   return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
-/* Sleeps for a random kill delay; never used to wait for an event. */
-static void sleep_ms(double ms) {
-  struct timespec ts;
-
-  ts.tv_sec = (time_t)(ms / 1e3);
-  ts.tv_nsec = (long)((ms - (double)ts.tv_sec * 1e3) * 1e6);
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-    continue;
-}
-
 static void path_in(char *out, size_t cap, const char *name) {
   int n = snprintf(out, cap, "%s/%s", dir, name);
 
   ASSERT(n > 0 && (size_t)n < cap);
 }
 
-/* Removes the test's directory (it holds plain files only). Runs at exit
- * of the test's process, so also after a failed assertion. */
-static void remove_dir(void) {
-  const char *keep = getenv("FIELDSYNC_KEEP_TMP");
-  char p[512];
-  DIR *d;
-
-  if (dir[0] == '\0')
-    return;
-  if (keep != NULL && strcmp(keep, "1") == 0) {
-    printf("# kept %s\n", dir);
-    return;
-  }
-  d = opendir(dir);
-  if (d != NULL) {
-    for (;;) {
-      struct dirent *e = readdir(d);
-
-      if (e == NULL)
-        break;
-      if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-        continue;
-      snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
-      unlink(p);
-    }
-    closedir(d);
-  }
-  rmdir(dir);
-  dir[0] = '\0';
-}
-
 static void setup_dir(void) {
-  const char *tmp = getenv("TMPDIR");
-  int n;
-
-  if (tmp == NULL || tmp[0] == '\0')
-    tmp = "/tmp";
-  n = snprintf(dir, sizeof(dir), "%s/fieldsync-crash-XXXXXX", tmp);
-  ASSERT(n > 0 && (size_t)n < sizeof(dir));
-  if (mkdtemp(dir) == NULL)
-    test_fail(__FILE__, __LINE__, "mkdtemp %s: %s", dir, strerror(errno));
-  ASSERT_OK(atexit(remove_dir));
+  tmpdir_make(dir, sizeof(dir), "fieldsync-crash");
 }
 
 /* Copies the start of a child's log to stderr, to explain a failure. */
@@ -535,7 +485,7 @@ TEST(crash_cli_import) {
       delay = t_start +
               (t_end - t_start) * (double)test_rand_below(&rng, 1000) / 1000.0;
     pid = spawn(argv, cs.log, -1);
-    sleep_ms(delay);
+    proc_sleep_ms(delay);
     ASSERT_OK(kill(pid, SIGKILL));
     status = wait_child(pid);
     /* t_end follows the import's real length (which varies with the

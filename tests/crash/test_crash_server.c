@@ -14,7 +14,6 @@
  * $FIELDSYNC_TEST_SCALE multiplies the kills, and $FIELDSYNC_KEEP_TMP=1
  * keeps the temporary directory. */
 #define _POSIX_C_SOURCE 200809L
-#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -89,80 +88,11 @@ static double now_ms(void) {
   return (double)proc_now_ms();
 }
 
-/* Sleeps for a random kill delay; never used to wait for an event. */
-static void sleep_ms(double ms) {
-  struct timespec ts;
-
-  ts.tv_sec = (time_t)(ms / 1e3);
-  ts.tv_nsec = (long)((ms - (double)ts.tv_sec * 1e3) * 1e6);
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-    continue;
-}
-
-/* At exit (also after a failed assertion): kill a server still running,
- * then remove the directory of plain files. */
-static void cleanup(void) {
-  const char *keep = getenv("FIELDSYNC_KEEP_TMP");
-  char p[512];
-  DIR *d;
-
-  if (srv.pid > 0)
-    server_kill(&srv);
-  if (dir[0] == '\0')
-    return;
-  if (keep != NULL && strcmp(keep, "1") == 0) {
-    printf("# kept %s\n", dir);
-    return;
-  }
-  d = opendir(dir);
-  if (d != NULL) {
-    for (;;) {
-      struct dirent *e = readdir(d);
-
-      if (e == NULL)
-        break;
-      if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-        continue;
-      snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
-      unlink(p);
-    }
-    closedir(d);
-  }
-  rmdir(dir);
-  dir[0] = '\0';
-}
-
 static void setup_dir(void) {
-  const char *tmp = getenv("TMPDIR");
-  int n;
-
-  if (tmp == NULL || tmp[0] == '\0')
-    tmp = "/tmp";
-  n = snprintf(dir, sizeof(dir), "%s/fs-crash-srv-XXXXXX", tmp);
-  ASSERT(n > 0 && (size_t)n < sizeof(dir));
-  if (mkdtemp(dir) == NULL)
-    test_fail(__FILE__, __LINE__, "mkdtemp %s: %s", dir, strerror(errno));
-  ASSERT_OK(atexit(cleanup));
+  tmpdir_make(dir, sizeof(dir), "fs-crash-srv");
+  tmpdir_kill_at_exit(&srv);
   snprintf(srvdb, sizeof(srvdb), "%s/server.db", dir);
   snprintf(checkdb, sizeof(checkdb), "%s/acked.db", dir);
-}
-
-static void run_admin(const char *const *args, char *out, size_t cap) {
-  char *argv[16];
-  char err[1024];
-  int n = 0;
-  int rc;
-
-  argv[n++] = (char *)admin;
-  argv[n++] = "--db";
-  argv[n++] = srvdb;
-  while (*args != NULL && n < 15)
-    argv[n++] = (char *)*args++;
-  argv[n] = NULL;
-  rc = proc_run(argv, out, cap, err, sizeof(err), 30000);
-  if (rc != 0)
-    test_fail(__FILE__, __LINE__, "fieldsync-admin %s %s: exit %d: %s", argv[3],
-              argv[4], rc, err);
 }
 
 /* Copies the end of the server's log to stderr, to explain a failure. */
@@ -430,19 +360,9 @@ static int64_t check_current_maximal(void) {
 /* ---- clients ------------------------------------------------------------- */
 
 static void client_init(struct client *c, int i, const char *role) {
-  char out[256];
-
   memset(c, 0, sizeof(*c));
   snprintf(c->user, sizeof(c->user), "tablet%d", i);
-  {
-    const char *a[] = {"user", "add", c->user, "--role", role, NULL};
-    run_admin(a, out, sizeof(out));
-  }
-  {
-    const char *a[] = {"device", "add", c->user, NULL};
-    run_admin(a, out, sizeof(out));
-  }
-  ASSERT(sscanf(out, "%127s", c->token) == 1);
+  admin_user_device(admin, srvdb, c->user, role, c->token, sizeof(c->token));
   snprintf(c->path, sizeof(c->path), "%.255s/%.15s.db", dir, c->user);
   if (fieldsync_open(c->path, FIELDSYNC_OPEN_CREATE, c->user, &c->db) != 0)
     test_fail(__FILE__, __LINE__, "open %s: %s", c->path,
@@ -746,7 +666,7 @@ TEST(server_killed_while_clients_push) {
       wait_first_sync();
       late_kills++;
     }
-    sleep_ms(delay);
+    proc_sleep_ms(delay);
     server_kill(&srv);
     kills++;
     atomic_store(&stop_syncing, true);

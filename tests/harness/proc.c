@@ -3,13 +3,16 @@
 #define _POSIX_C_SOURCE 200809L
 #include "proc.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -216,4 +219,140 @@ void server_kill(struct test_server *s) {
   kill(s->pid, SIGKILL);
   waitpid(s->pid, NULL, 0);
   s->pid = 0;
+}
+
+void proc_sleep_ms(double ms) {
+  struct timespec ts;
+
+  ts.tv_sec = (time_t)(ms / 1e3);
+  ts.tv_nsec = (long)((ms - (double)ts.tv_sec * 1e3) * 1e6);
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+    continue;
+}
+
+/* ---- temporary directory and its cleanup at exit ------------------------ */
+
+#define MAX_EXIT_SERVERS 8
+
+static char *tmp_dir;
+static struct test_server *exit_servers[MAX_EXIT_SERVERS];
+static int n_exit_servers;
+static bool cleanup_registered;
+
+/* Removes path: a directory with everything under it (depth limited), or a
+ * file. */
+static void remove_tree(const char *path, int depth) {
+  struct stat st;
+  DIR *d;
+
+  if (lstat(path, &st) != 0)
+    return;
+  if (!S_ISDIR(st.st_mode)) {
+    unlink(path);
+    return;
+  }
+  d = depth < 16 ? opendir(path) : NULL;
+  if (d != NULL) {
+    for (;;) {
+      struct dirent *e = readdir(d);
+      char p[1024];
+      int n;
+
+      if (e == NULL)
+        break;
+      if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+        continue;
+      n = snprintf(p, sizeof(p), "%s/%s", path, e->d_name);
+      if (n > 0 && (size_t)n < sizeof(p))
+        remove_tree(p, depth + 1);
+    }
+    closedir(d);
+  }
+  rmdir(path);
+}
+
+static void tmpdir_cleanup(void) {
+  const char *keep = getenv("FIELDSYNC_KEEP_TMP");
+  int i;
+
+  for (i = 0; i < n_exit_servers; i++)
+    if (exit_servers[i]->pid > 0)
+      server_kill(exit_servers[i]);
+  if (tmp_dir == NULL || tmp_dir[0] == '\0')
+    return;
+  if (keep != NULL && strcmp(keep, "1") == 0) {
+    printf("# kept %s\n", tmp_dir);
+    return;
+  }
+  remove_tree(tmp_dir, 0);
+  tmp_dir[0] = '\0';
+}
+
+static void register_cleanup(void) {
+  if (cleanup_registered)
+    return;
+  ASSERT_OK(atexit(tmpdir_cleanup));
+  cleanup_registered = true;
+}
+
+void tmpdir_make(char *dir, size_t cap, const char *prefix) {
+  const char *tmp = getenv("TMPDIR");
+  int n;
+
+  if (tmp == NULL || tmp[0] == '\0')
+    tmp = "/tmp";
+  n = snprintf(dir, cap, "%s/%s-XXXXXX", tmp, prefix);
+  ASSERT(n > 0 && (size_t)n < cap);
+  if (mkdtemp(dir) == NULL)
+    test_fail(__FILE__, __LINE__, "mkdtemp %s: %s", dir, strerror(errno));
+  tmp_dir = dir;
+  register_cleanup();
+}
+
+void tmpdir_kill_at_exit(struct test_server *s) {
+  int i;
+
+  for (i = 0; i < n_exit_servers; i++)
+    if (exit_servers[i] == s)
+      return;
+  ASSERT(n_exit_servers < MAX_EXIT_SERVERS);
+  exit_servers[n_exit_servers++] = s;
+  register_cleanup();
+}
+
+/* ---- fieldsync-admin ---------------------------------------------------- */
+
+void proc_admin_run(const char *admin, const char *db, const char *const *args,
+                    char *out, size_t cap) {
+  char *argv[16];
+  char err[1024];
+  int n = 0;
+  int rc;
+
+  argv[n++] = (char *)admin;
+  argv[n++] = "--db";
+  argv[n++] = (char *)db;
+  while (*args != NULL && n < 15)
+    argv[n++] = (char *)*args++;
+  argv[n] = NULL;
+  rc = proc_run(argv, out, cap, err, sizeof(err), 30000);
+  if (rc != 0)
+    test_fail(__FILE__, __LINE__, "fieldsync-admin %s %s: exit %d: %s", argv[3],
+              argv[4], rc, err);
+}
+
+void admin_user_device(const char *admin, const char *db, const char *user,
+                       const char *role, char *token, size_t cap) {
+  const char *ua[] = {"user", "add", user, "--role", role, NULL};
+  const char *da[] = {"device", "add", user, NULL};
+  char out[256];
+  char tok[256];
+  size_t len;
+
+  proc_admin_run(admin, db, ua, out, sizeof(out));
+  proc_admin_run(admin, db, da, out, sizeof(out));
+  ASSERT(sscanf(out, "%255s", tok) == 1);
+  len = strlen(tok);
+  ASSERT(len < cap);
+  memcpy(token, tok, len + 1);
 }

@@ -39,4 +39,29 @@ void server_kill(struct test_server *s);
 /* Milliseconds of a monotonic clock. */
 long long proc_now_ms(void);
 
+/* Sleeps ms milliseconds (resuming after signals); for random delays,
+ * never to wait for an event. */
+void proc_sleep_ms(double ms);
+
+/* Makes a fresh directory $TMPDIR/PREFIX-XXXXXX (or under /tmp) into dir
+ * (cap bytes; fails the test on error) and, at exit of the process (also
+ * after a failed assertion), kills the servers registered with
+ * tmpdir_kill_at_exit, then removes the directory tree, unless
+ * $FIELDSYNC_KEEP_TMP is 1. dir must live until exit; a later call
+ * replaces the directory to remove. */
+void tmpdir_make(char *dir, size_t cap, const char *prefix);
+/* Registers s (which must live until exit) to be killed at exit, before
+ * the directory is removed, when its pid is still set. */
+void tmpdir_kill_at_exit(struct test_server *s);
+
+/* Runs admin (fieldsync-admin) with --db db and args (NULL-terminated, at
+ * most 12), capturing its stdout into out (cap bytes). Fails the test
+ * when it does not exit 0 within 30 s. */
+void proc_admin_run(const char *admin, const char *db, const char *const *args,
+                    char *out, size_t cap);
+/* Adds user with role and a device for it; its token goes to token (cap
+ * bytes). Fails the test unless the token is printed. */
+void admin_user_device(const char *admin, const char *db, const char *user,
+                       const char *role, char *token, size_t cap);
+
 #endif

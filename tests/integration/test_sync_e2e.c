@@ -11,7 +11,6 @@
  * $FIELDSYNC_SEED repeats a run, $FIELDSYNC_TEST_SCALE multiplies the
  * kills, and $FIELDSYNC_KEEP_TMP=1 keeps the temporary directory. */
 #define _POSIX_C_SOURCE 200809L
-#include <dirent.h>
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
@@ -67,95 +66,19 @@ static double now_ms(void) {
   return (double)proc_now_ms();
 }
 
-/* Sleeps for a random kill delay; never used to wait for an event. */
-static void sleep_ms(double ms) {
-  struct timespec ts;
-
-  ts.tv_sec = (time_t)(ms / 1e3);
-  ts.tv_nsec = (long)((ms - (double)ts.tv_sec * 1e3) * 1e6);
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-    continue;
-}
-
-/* At exit of the test's process (also after a failed assertion): stop a
- * server still running, then remove the directory of plain files. */
-static void cleanup(void) {
-  const char *keep = getenv("FIELDSYNC_KEEP_TMP");
-  char p[512];
-  DIR *d;
-
-  if (srv.pid > 0)
-    server_kill(&srv);
-  if (dir[0] == '\0')
-    return;
-  if (keep != NULL && strcmp(keep, "1") == 0) {
-    printf("# kept %s\n", dir);
-    return;
-  }
-  d = opendir(dir);
-  if (d != NULL) {
-    for (;;) {
-      struct dirent *e = readdir(d);
-
-      if (e == NULL)
-        break;
-      if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-        continue;
-      snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
-      unlink(p);
-    }
-    closedir(d);
-  }
-  rmdir(dir);
-  dir[0] = '\0';
-}
-
 static void setup_dir(void) {
-  const char *tmp = getenv("TMPDIR");
-  int n;
-
-  if (tmp == NULL || tmp[0] == '\0')
-    tmp = "/tmp";
-  n = snprintf(dir, sizeof(dir), "%s/fs-e2e-XXXXXX", tmp);
-  ASSERT(n > 0 && (size_t)n < sizeof(dir));
-  if (mkdtemp(dir) == NULL)
-    test_fail(__FILE__, __LINE__, "mkdtemp %s: %s", dir, strerror(errno));
-  ASSERT_OK(atexit(cleanup));
+  tmpdir_make(dir, sizeof(dir), "fs-e2e");
+  tmpdir_kill_at_exit(&srv);
   snprintf(srvdb, sizeof(srvdb), "%s/server.db", dir);
-}
-
-/* Runs fieldsync-admin with args (NULL-terminated); returns its stdout. */
-static void run_admin(const char *const *args, char *out, size_t cap) {
-  char *argv[16];
-  char err[1024];
-  int n = 0;
-  int rc;
-
-  argv[n++] = (char *)admin;
-  argv[n++] = "--db";
-  argv[n++] = srvdb;
-  while (*args != NULL && n < 15)
-    argv[n++] = (char *)*args++;
-  argv[n] = NULL;
-  rc = proc_run(argv, out, cap, err, sizeof(err), 30000);
-  if (rc != 0)
-    test_fail(__FILE__, __LINE__, "fieldsync-admin %s %s: exit %d: %s", argv[3],
-              argv[4], rc, err);
 }
 
 /* Adds r's user and a device for it; the replica's database is made. */
 static void replica_init(struct replica *r, const char *user,
                          const char *role) {
-  const char *ua[] = {"user", "add", user, "--role", role, NULL};
-  const char *da[] = {"device", "add", user, NULL};
-  char out[256];
-
   memset(r, 0, sizeof(*r));
   r->user = user;
   r->role = role;
-  run_admin(ua, out, sizeof(out));
-  run_admin(da, out, sizeof(out));
-  ASSERT(sscanf(out, "%127s", r->token) == 1);
+  admin_user_device(admin, srvdb, user, role, r->token, sizeof(r->token));
   ASSERT_EQ(strncmp(r->token, "fst_", 4), 0);
   snprintf(r->path, sizeof(r->path), "%s/%s.db", dir, user);
   if (fieldsync_open(r->path, FIELDSYNC_OPEN_CREATE, user, &r->db) != 0)
@@ -1055,7 +978,7 @@ TEST(client_killed_mid_push_resumes) {
     close(fds[1]);
     if (by_progress)
       wait_pushes(fds[0], batches, pid);
-    sleep_ms(delay);
+    proc_sleep_ms(delay);
     kill(pid, SIGKILL);
     ASSERT_EQ(waitpid(pid, &status, 0), pid);
     close(fds[0]);

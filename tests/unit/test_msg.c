@@ -495,6 +495,31 @@ TEST(error_table_complete) {
   ASSERT_EQ(fsp_error_set(NULL, FSP_EBAD_ID, "x"), FSP_EBAD_ID);
 }
 
+/* A decoded message moved to another struct frees through its new home
+ * (its allocator must not point at the old struct). */
+TEST(move_keeps_allocator) {
+  struct sample_envelope s;
+  struct fsp_limits lim;
+  struct fsp_error err;
+  struct fsp_msg *a = fsp_calloc(1, sizeof(*a));
+  struct fsp_msg b;
+  size_t n;
+
+  ASSERT(a != NULL);
+  sample_envelope_init(&s, FIELDSYNC__ENVELOPE__BODY_PUSH);
+  n = sample_envelope_pack(&s, buf, sizeof(buf));
+  fsp_limits_default(&lim);
+  ASSERT_OK(fsp_msg_decode(a, buf, n, &lim, &err));
+  fsp_msg_move(&b, a);
+  ASSERT(a->env == NULL);
+  memset(a, 0xa5, sizeof(*a)); /* the old home is gone */
+  fsp_free(a);
+  ASSERT(b.env != NULL && b.env->push->n_changes == 2);
+  ASSERT(b.budget.pc.allocator_data == &b.budget);
+  fsp_msg_close(&b);
+  ASSERT_EQ(b.budget.used, 0);
+}
+
 TEST(vv_pb_conversion) {
   struct sample_change c;
   struct fsp_error err;
@@ -536,4 +561,5 @@ TEST_LIST(TEST_ENTRY(every_body_round_trips)
           TEST_ENTRY(err_too_long)
           TEST_ENTRY(unknown_fields_preserved)
           TEST_ENTRY(error_table_complete)
+          TEST_ENTRY(move_keeps_allocator)
           TEST_ENTRY(vv_pb_conversion))
