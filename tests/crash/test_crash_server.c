@@ -26,6 +26,7 @@
 #include "fieldsync.h"
 #include "harness.h"
 #include "proc.h"
+#include "replica_export.h"
 
 #define NCLIENTS 3
 /* Kills per run at scale 1. */
@@ -542,61 +543,6 @@ static void delete_random(struct client *c) {
 
 /* ---- exports ------------------------------------------------------------- */
 
-struct buf {
-  char *p;
-  size_t n;
-  size_t cap;
-};
-
-static int buf_write(const char *b, size_t n, void *data) {
-  struct buf *x = data;
-
-  if (x->n + n + 1 > x->cap) {
-    size_t cap = x->cap == 0 ? 65536 : x->cap;
-    char *p;
-    while (cap < x->n + n + 1)
-      cap *= 2;
-    p = realloc(x->p, cap);
-    if (p == NULL)
-      return 1;
-    x->p = p;
-    x->cap = cap;
-  }
-  memcpy(x->p + x->n, b, n);
-  x->n += n;
-  x->p[x->n] = '\0';
-  return 0;
-}
-
-/* The JSON export without the replica-local "pending" members (removed by
- * their exact text: the library writes compact JSON in a fixed member
- * order, and quotes inside strings are escaped). malloc'd. */
-static char *export_norm(fieldsync_db *db) {
-  static const char *const drop[] = {",\"pending\":false", ",\"pending\":true"};
-  struct buf b = {NULL, 0, 0};
-  size_t r = 0;
-  size_t w = 0;
-
-  if (fieldsync_export(db, NULL, FIELDSYNC_FORMAT_JSON, buf_write, &b) != 0)
-    test_fail(__FILE__, __LINE__, "export: %s", fieldsync_errmsg(db));
-  ASSERT(b.p != NULL && b.p[0] == '[');
-  while (r < b.n) {
-    size_t k;
-    size_t len = 0;
-
-    for (k = 0; k < 2 && len == 0; k++)
-      if (strncmp(b.p + r, drop[k], strlen(drop[k])) == 0)
-        len = strlen(drop[k]);
-    if (len > 0) {
-      r += len;
-      continue;
-    }
-    b.p[w++] = b.p[r++];
-  }
-  b.p[w] = '\0';
-  ASSERT(strstr(b.p, "\"pending\":") == NULL);
-  return b.p;
-}
 
 /* ---- the test ------------------------------------------------------------ */
 
@@ -735,7 +681,7 @@ TEST(server_killed_while_clients_push) {
 
   /* All replicas equal, and equal to the server's current versions. */
   for (i = 0; i < NCLIENTS; i++)
-    exports[i] = export_norm(clients[i].db);
+    exports[i] = test_export_normalised(clients[i].db);
   for (i = 1; i < NCLIENTS; i++) {
     if (strcmp(exports[0], exports[i]) != 0) {
       size_t p;

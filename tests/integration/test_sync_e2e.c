@@ -25,6 +25,7 @@
 #include "fieldsync.h"
 #include "harness.h"
 #include "proc.h"
+#include "replica_export.h"
 
 /* Versions created by the client that is killed mid-push (task (c)). */
 #define BULK_RECORDS 20000
@@ -255,73 +256,16 @@ static const char *field_of(json_t *version, const char *name) {
 
 /* ---- exports ----------------------------------------------------------- */
 
-struct buf {
-  char *p;
-  size_t n;
-  size_t cap;
-};
-
-static int buf_write(const char *b, size_t n, void *data) {
-  struct buf *x = data;
-
-  if (x->n + n + 1 > x->cap) {
-    size_t cap = x->cap == 0 ? 65536 : x->cap;
-    char *p;
-    while (cap < x->n + n + 1)
-      cap *= 2;
-    p = realloc(x->p, cap);
-    if (p == NULL)
-      return 1;
-    x->p = p;
-    x->cap = cap;
-  }
-  memcpy(x->p + x->n, b, n);
-  x->n += n;
-  x->p[x->n] = '\0';
-  return 0;
-}
-
-/* The replica's JSON export with every version's "pending" member dropped
- * (it is the one replica-local field), malloc'd. The library writes each
- * record as compact JSON in a fixed member order, and a quote inside a
- * string is escaped, so the member is removed exactly by its text. */
-static char *export_norm(fieldsync_db *db) {
-  static const char *const drop[] = {",\"pending\":false", ",\"pending\":true"};
-  struct buf b = {NULL, 0, 0};
-  size_t r = 0;
-  size_t w = 0;
-
-  if (fieldsync_export(db, NULL, FIELDSYNC_FORMAT_JSON, buf_write, &b) != 0)
-    test_fail(__FILE__, __LINE__, "export: %s", fieldsync_errmsg(db));
-  ASSERT(b.p != NULL && b.p[0] == '[');
-  while (r < b.n) {
-    size_t k;
-    size_t len = 0;
-
-    for (k = 0; k < 2 && len == 0; k++)
-      if (strncmp(b.p + r, drop[k], strlen(drop[k])) == 0)
-        len = strlen(drop[k]);
-    if (len > 0) {
-      r += len;
-      continue;
-    }
-    b.p[w++] = b.p[r++];
-  }
-  b.p[w] = '\0';
-  ASSERT(strstr(b.p, "\"pending\":") == NULL);
-  return b.p;
-}
-
 /* Every replica's normalised export equals the first one's; *nrecords
  * gets the number of records. */
 static void assert_exports_equal(struct replica *const *rs, size_t n,
                                  size_t *nrecords) {
-  char *first = export_norm(rs[0]->db);
+  char *first = test_export_normalised(rs[0]->db);
   size_t i;
 
   for (i = 1; i < n; i++) {
     size_t k;
-    char *other = export_norm(rs[i]->db);
+    char *other = test_export_normalised(rs[i]->db);
     if (strcmp(first, other) != 0) {
       for (k = 0; first[k] != '\0' && first[k] == other[k]; k++)
         continue;
