@@ -259,6 +259,64 @@ static int check_version(const char *path, const Fieldsync__Version *v,
                       lim->max_string, err);
 }
 
+/* One scope key: a known kind and a 16-byte id. */
+static int check_scope(const char *path, const Fieldsync__ScopeKey *k,
+                       struct fsp_error *err) {
+  int rc = check_enum(path, "kind", k->has_kind, (int)k->kind,
+                      &fieldsync__scope_kind__descriptor, err);
+
+  if (rc == 0)
+    rc = check_id(path, "id", k->has_id, &k->id, err);
+  return rc;
+}
+
+int fsp_scope_cmp(int akind, const uint8_t *aid, int bkind,
+                  const uint8_t *bid) {
+  if (akind != bkind)
+    return akind < bkind ? -1 : 1;
+  return memcmp(aid, bid, FSP_ID_LEN);
+}
+
+/* A list of scope keys: at most FSP_MAX_HELD_SCOPES, each valid and, when
+ * sorted is set, in strictly ascending (kind, id) order. */
+static int check_scopes(const char *path, const char *field,
+                        Fieldsync__ScopeKey *const *k, size_t n, bool sorted,
+                        struct fsp_error *err) {
+  char p[96];
+  size_t i;
+  int rc = check_count(path, field, n, FSP_MAX_HELD_SCOPES, err);
+
+  for (i = 0; rc == 0 && i < n; i++) {
+    snprintf(p, sizeof(p), "%s.%s[%zu]", path, field, i);
+    rc = check_scope(p, k[i], err);
+    if (rc == 0 && sorted && i > 0 &&
+        fsp_scope_cmp((int)k[i - 1]->kind, k[i - 1]->id.data, (int)k[i]->kind,
+                      k[i]->id.data) >= 0)
+      rc = fsp_error_set(err, FSP_EBAD_VALUE,
+                         "%s: not after the previous scope (sorted, no "
+                         "duplicates)",
+                         p);
+  }
+  return rc;
+}
+
+static int check_pull(const Fieldsync__Pull *pl, struct fsp_error *err) {
+  int rc;
+
+  if (!pl->has_cursor)
+    return fsp_error_set(err, FSP_EMISSING, "pull.cursor: missing");
+  if (pl->has_max_records && pl->max_records == 0)
+    return fsp_error_set(err, FSP_EBAD_VALUE, "pull.max_records: zero");
+  rc = check_scopes("pull", "held_scopes", pl->held_scopes, pl->n_held_scopes,
+                    true, err);
+  if (rc == 0 && pl->backfill_scope != NULL)
+    rc = check_scope("pull.backfill_scope", pl->backfill_scope, err);
+  if (rc == 0 && pl->has_backfill_after && pl->backfill_scope == NULL)
+    rc = fsp_error_set(err, FSP_EBAD_VALUE,
+                       "pull.backfill_after: set without backfill_scope");
+  return rc;
+}
+
 int fsp_msg_validate_change(const Fieldsync__Change *c,
                             const struct fsp_limits *lim, bool from_server,
                             const char *path, struct fsp_error *err) {
@@ -314,7 +372,7 @@ static int check_hello(const Fieldsync__Hello *m, const struct fsp_limits *lim,
                          m->protocol_version, FSP_PROTOCOL_VERSION);
   rc = check_id("hello", "replica_id", m->has_replica_id, &m->replica_id, err);
   if (rc == 0)
-    rc = check_string("hello", "device_token", m->device_token, true,
+    rc = check_string("hello", "device_token", m->device_token, false,
                       lim->max_string, err);
   if (rc == 0)
     rc = check_string("hello", "client_version", m->client_version, false,
@@ -369,6 +427,27 @@ static int check_push_ack(const Fieldsync__PushAck *m,
   return rc;
 }
 
+static int check_changes_msg(const Fieldsync__Changes *ch,
+                             const struct fsp_limits *lim,
+                             struct fsp_error *err) {
+  int rc;
+
+  if (!ch->has_next_cursor)
+    return fsp_error_set(err, FSP_EMISSING, "changes.next_cursor: missing");
+  rc = check_scopes("changes", "removed_scopes", ch->removed_scopes,
+                    ch->n_removed_scopes, false, err);
+  if (rc == 0 && ch->backfill_scope != NULL)
+    rc = check_scope("changes.backfill_scope", ch->backfill_scope, err);
+  if (rc == 0 && ch->backfill_scope == NULL &&
+      (ch->has_backfill_next || ch->has_backfill_done))
+    rc = fsp_error_set(err, FSP_EBAD_VALUE,
+                       "changes.backfill_next/done: set without "
+                       "backfill_scope");
+  if (rc == 0)
+    rc = check_changes("changes", ch->changes, ch->n_changes, lim, true, err);
+  return rc;
+}
+
 int fsp_msg_validate(const Fieldsync__Envelope *env,
                      const struct fsp_limits *lim, struct fsp_error *err) {
   if (!env->has_protocol_version)
@@ -391,16 +470,9 @@ int fsp_msg_validate(const Fieldsync__Envelope *env,
   case FIELDSYNC__ENVELOPE__BODY_PUSH_ACK:
     return check_push_ack(env->push_ack, lim, err);
   case FIELDSYNC__ENVELOPE__BODY_PULL:
-    if (!env->pull->has_cursor)
-      return fsp_error_set(err, FSP_EMISSING, "pull.cursor: missing");
-    if (env->pull->has_max_records && env->pull->max_records == 0)
-      return fsp_error_set(err, FSP_EBAD_VALUE, "pull.max_records: zero");
-    return 0;
+    return check_pull(env->pull, err);
   case FIELDSYNC__ENVELOPE__BODY_CHANGES:
-    if (!env->changes->has_next_cursor)
-      return fsp_error_set(err, FSP_EMISSING, "changes.next_cursor: missing");
-    return check_changes("changes", env->changes->changes,
-                         env->changes->n_changes, lim, true, err);
+    return check_changes_msg(env->changes, lim, err);
   case FIELDSYNC__ENVELOPE__BODY_ERROR:
     {
       int rc = check_enum("error", "code", env->error->has_code,

@@ -21,6 +21,8 @@
 #define FSP_DEFAULT_MAX_BATCH 4096u
 #define FSP_DEFAULT_MAX_PAYLOAD (1024u * 1024u)
 #define FSP_DEFAULT_MAX_STRING 4096u
+/* Scope keys in one Pull.held_scopes or Changes.removed_scopes. */
+#define FSP_MAX_HELD_SCOPES 4096u
 
 struct fsp_limits {
   uint32_t max_frame;   /* frame body bytes */
@@ -56,6 +58,11 @@ void fsp_msg_move(struct fsp_msg *dst, struct fsp_msg *src);
 /* Checks a decoded envelope against the rules of PROTOCOL.md. */
 int fsp_msg_validate(const Fieldsync__Envelope *env,
                      const struct fsp_limits *lim, struct fsp_error *err);
+
+/* Orders scope keys by (kind, id), as Pull.held_scopes is sorted:
+ * negative, zero or positive like memcmp. Ids are 16 bytes. */
+int fsp_scope_cmp(int akind, const uint8_t *aid, int bkind,
+                  const uint8_t *bid);
 
 /* Checks one change. from_server: the change comes from a Changes message
  * and must carry a seq; otherwise (Push) it must not. path prefixes err. */

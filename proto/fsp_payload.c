@@ -15,21 +15,21 @@
 
 static const struct fsp_collection collections[] = {
     {FIELDSYNC__COLLECTION__COLLECTION_SERVICE, "service",
-     &fieldsync__service__descriptor, SVC, NULL},
+     &fieldsync__service__descriptor, SVC, NULL, NULL, NULL},
     {FIELDSYNC__COLLECTION__COLLECTION_VISIT, "visit",
-     &fieldsync__visit__descriptor, VIS, NULL},
+     &fieldsync__visit__descriptor, VIS, NULL, "lead_inspector", "service_id"},
     {FIELDSYNC__COLLECTION__COLLECTION_OBSERVATION, "observation",
-     &fieldsync__observation__descriptor, VIS, "visit_id"},
+     &fieldsync__observation__descriptor, VIS, "visit_id", "assessor", NULL},
     {FIELDSYNC__COLLECTION__COLLECTION_INTERVIEW_NOTE, "interview_note",
-     &fieldsync__interview_note__descriptor, VIS, "visit_id"},
+     &fieldsync__interview_note__descriptor, VIS, "visit_id", "expert", NULL},
     {FIELDSYNC__COLLECTION__COLLECTION_REQUIREMENT, "requirement",
-     &fieldsync__requirement__descriptor, SVC, "service_id"},
+     &fieldsync__requirement__descriptor, SVC, "service_id", "owner", NULL},
     {FIELDSYNC__COLLECTION__COLLECTION_RECOMMENDATION, "recommendation",
-     &fieldsync__recommendation__descriptor, SVC, "service_id"},
+     &fieldsync__recommendation__descriptor, SVC, "service_id", NULL, NULL},
     {FIELDSYNC__COLLECTION__COLLECTION_CONCERN, "concern",
-     &fieldsync__concern__descriptor, SVC, "service_id"},
+     &fieldsync__concern__descriptor, SVC, "service_id", NULL, NULL},
     {FIELDSYNC__COLLECTION__COLLECTION_ATTACHMENT, "attachment",
-     &fieldsync__attachment__descriptor, VIS, "visit_id"},
+     &fieldsync__attachment__descriptor, VIS, "visit_id", "captured_by", NULL},
 };
 
 #define NCOLL (sizeof(collections) / sizeof(collections[0]))
@@ -367,4 +367,38 @@ int fsp_payload_scope(const struct fsp_collection *col,
                          col->name, col->scope_field, b->len);
   memcpy(scope_id, b->data, 16);
   return 0;
+}
+
+const char *fsp_payload_owner(const struct fsp_collection *col,
+                              const ProtobufCMessage *msg) {
+  const ProtobufCFieldDescriptor *f;
+  const char *v;
+
+  if (col->owner_field == NULL || msg == NULL)
+    return "";
+  f = protobuf_c_message_descriptor_get_field_by_name(msg->descriptor,
+                                                      col->owner_field);
+  if (f == NULL || f->type != PROTOBUF_C_TYPE_STRING ||
+      f->label == PROTOBUF_C_LABEL_REPEATED)
+    return "";
+  v = *(const char *const *)((const char *)msg + f->offset);
+  return v != NULL ? v : "";
+}
+
+bool fsp_payload_service(const struct fsp_collection *col,
+                         const ProtobufCMessage *msg, uint8_t service_id[16]) {
+  const ProtobufCFieldDescriptor *f;
+  const ProtobufCBinaryData *b;
+
+  if (col->service_field == NULL || msg == NULL)
+    return false;
+  f = protobuf_c_message_descriptor_get_field_by_name(msg->descriptor,
+                                                      col->service_field);
+  if (f == NULL || f->type != PROTOBUF_C_TYPE_BYTES || !present(msg, f))
+    return false;
+  b = (const ProtobufCBinaryData *)((const char *)msg + f->offset);
+  if (b->len != 16)
+    return false;
+  memcpy(service_id, b->data, 16);
+  return true;
 }

@@ -22,6 +22,12 @@ struct fsp_collection {
   int scope_kind;         /* FIELDSYNC__SCOPE_KIND__SCOPE_* */
   /* Payload field holding the scope id; NULL: the record's own id. */
   const char *scope_field;
+  /* String field naming the user who owns the record (an expert's own
+   * interview notes, a visit's lead inspector); NULL: none. */
+  const char *owner_field;
+  /* Bytes field naming the service a visit-scoped record's visit belongs
+   * to (only visits have one); NULL: none. */
+  const char *service_field;
 };
 
 /* The registry, in collection-id order; *n gets its length. */
@@ -54,5 +60,14 @@ int fsp_payload_validate(const ProtobufCMessage *msg,
 int fsp_payload_scope(const struct fsp_collection *col,
                       const uint8_t record_id[16], const ProtobufCMessage *msg,
                       int *kind, uint8_t scope_id[16], struct fsp_error *err);
+
+/* The owner named in msg (col->owner_field), or "" when the collection has
+ * no owner field or it is unset. The string belongs to msg. */
+const char *fsp_payload_owner(const struct fsp_collection *col,
+                              const ProtobufCMessage *msg);
+/* The service msg belongs to (col->service_field): true and service_id
+ * filled when set and 16 bytes. */
+bool fsp_payload_service(const struct fsp_collection *col,
+                         const ProtobufCMessage *msg, uint8_t service_id[16]);
 
 #endif

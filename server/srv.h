@@ -75,11 +75,18 @@ struct srv_job {
   struct srv_job *next;          /* writer queues */
   uv_work_t work;                /* worker pool */
   /* input */
-  char token[FSP_DEFAULT_MAX_STRING + 1];
+  char token[FSP_DEFAULT_MAX_STRING + 1]; /* Auth; wiped after use */
+  uint8_t replica[16];           /* Auth: Hello.replica_id */
   struct srv_identity who;
   struct fsp_msg msg;            /* Push: the decoded envelope */
   uint64_t cursor;               /* Pull */
   uint32_t max_records;          /* Pull */
+  struct srv_scope *held;        /* Pull.held_scopes (sorted), fsp_malloc */
+  size_t nheld;
+  bool has_backfill;             /* Pull.backfill_scope was given */
+  struct srv_scope backfill;
+  uint64_t backfill_after;
+  int64_t now_ms;                /* Pull: Unix ms when it arrived */
   /* output */
   int rc;                        /* 0 or an SRV_STORE_E* code */
   char err[200];
@@ -88,6 +95,8 @@ struct srv_job {
   size_t records;                /* changes pushed or pulled */
   size_t conflicts;
   size_t refused;
+  size_t removed;                /* Pull: scopes in removed_scopes */
+  bool backfilling;              /* Pull: the page was a backfill */
 };
 
 void srv_job_free(struct srv_job *job);
@@ -118,12 +127,18 @@ struct srv_conn {
   size_t write_queue;           /* bytes handed to uv_write, not done */
   bool reading;
   bool close_after_write;       /* failing: an Error is on its way out */
+  bool lingering;               /* the Error is out: FIN sent, input
+                                   dropped until the peer closes */
+  bool shutdown_pending;
+  uv_shutdown_t shutdown_req;
   bool close_requested;         /* uv_close called */
   bool job_in_flight;
   bool draining;                /* server shutting down */
   uint64_t deadline;            /* uv_now() ms; 0 = none */
   struct srv_identity who;
   bool authed;
+  bool revoked;                 /* device revoked while a job was in
+                                   flight: its reply is never sent */
   uint64_t records_in;
   uint64_t records_out;
   struct srv_conn *prev;
@@ -139,6 +154,17 @@ void srv_conn_job_done(struct srv_job *job);
 void srv_conn_sweep(struct srv *srv);
 /* Tells every connection the server is stopping. */
 void srv_conn_drain_all(struct srv *srv);
+/* Ends the sessions of devices in the revoked set (srv_revoked_has):
+ * an idle one gets Error ERR_REVOKED and is closed; one with a job in
+ * flight is marked, and the job's reply is replaced by that Error. */
+void srv_conn_revoke(struct srv *srv);
+
+/* ---- revoked devices (srv_loop.c) -------------------------------------- */
+
+/* True when device_id has been revoked since the server started (or was
+ * revoked before it: the set starts with every revoked device). Loop
+ * thread only. */
+bool srv_revoked_has(const struct srv *srv, int64_t device_id);
 
 /* ---- the writer thread (srv_writer.c) ---------------------------------- */
 
@@ -192,6 +218,14 @@ struct srv {
   uv_signal_t sigint;
   uv_signal_t sigterm;
   uv_timer_t cron;
+  uint64_t cron_ticks;
+  /* Revocation watch (loop thread): its own store connection, the last
+   * auth epoch seen, and the revoked device ids, sorted (grows only). */
+  struct srv_store_conn *watch;
+  uint64_t auth_epoch;
+  bool watch_failing;           /* the last poll failed (logged once) */
+  int64_t *revoked;
+  size_t nrevoked;
   struct srv_writer writer;
   uv_mutex_t readers_lock;
   uv_cond_t readers_cond;

@@ -1,6 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /* One connection: an explicit state machine over the proto/ framing and
- * validation. HELLO -> AUTH -> READY <-> BUSY -> CLOSING. A request puts
+ * validation. HELLO -> AUTH -> READY <-> BUSY -> CLOSING. Until the token
+ * is checked nothing but a Hello is decoded: bytes after it wait unread,
+ * and another message first is refused from its envelope tag alone.
+ * A revoked device's session ends with ERR_REVOKED, and a reply in flight
+ * for it is dropped (srv_conn_revoke). A request puts
  * the connection in BUSY and reading stops until its reply is queued
  * (backpressure), and stays stopped while too much is queued to the peer.
  * A protocol error sends Error, logs one line with a bounded dump of the
@@ -17,6 +21,13 @@
 #include "srv.h"
 #include "srv_tls.h"
 
+/* The Error a revoked device gets, wherever it is in its session. */
+#define REVOKED_MSG "this device has been revoked; wipe local data"
+/* Bytes one ScopeKey adds to Changes.removed_scopes, at most: the field's
+ * tag and length, then kind (tag, 1-byte varint: a known kind) and id
+ * (tag, length, 16 bytes). */
+#define SCOPE_WIRE_MAX 24u
+
 /* One read buffer for the whole loop: libuv calls alloc_cb and read_cb
  * back to back for one connection, and read_cb consumes or copies every
  * byte before returning, so idle connections cost no buffer. */
@@ -28,6 +39,7 @@ static bool read_buf_busy;
 static uint8_t plain_buf[FSP_TLS_RECORD_MAX];
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void process(struct srv_conn *c, const uint8_t *data, size_t len);
 static void tls_pump(struct srv_conn *c);
 
@@ -82,6 +94,40 @@ static void conn_close(struct srv_conn *c, const char *why) {
 
 static void read_resume(struct srv_conn *c);
 
+static void on_shutdown(uv_shutdown_t *req, int status) {
+  struct srv_conn *c = req->data;
+
+  /* UV_ECANCELED: the handle is closing; c is freed in its close_cb. */
+  (void)status;
+  c->shutdown_pending = false;
+}
+
+/* The Error is written: ends the connection without destroying it.
+ * Closing a socket whose peer sent bytes we never read makes the kernel
+ * reset the connection and drop what it has not sent yet, which can be
+ * the Error itself. So send FIN after the Error, then read and discard
+ * until the peer closes; the Error's deadline bounds the wait. May close
+ * c. */
+static void conn_linger(struct srv_conn *c) {
+  int rc;
+
+  if (c->lingering)
+    return;
+  c->lingering = true;
+  c->shutdown_req.data = c;
+  rc = uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown);
+  if (rc == 0) {
+    c->shutdown_pending = true;
+    if (!c->reading)
+      rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+  }
+  if (rc != 0) {
+    conn_close(c, "closed after error");
+    return;
+  }
+  c->reading = true;
+}
+
 static void on_write(uv_write_t *req, int status) {
   struct write_req *w = (struct write_req *)req;
   struct srv_conn *c = req->data;
@@ -96,7 +142,7 @@ static void on_write(uv_write_t *req, int status) {
     return;
   }
   if (c->close_after_write && c->write_queue == 0) {
-    conn_close(c, "closed after error");
+    conn_linger(c);
     return;
   }
   if (c->state == CONN_READY || c->state == CONN_HELLO)
@@ -205,8 +251,8 @@ static void conn_fail(struct srv_conn *c, int code, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(msg, sizeof(msg), fmt, ap);
   va_end(ap);
-  if (c->state == CONN_CLOSING)
-    return;
+  if (c->state == CONN_CLOSING || c->close_after_write)
+    return; /* closing, or failing already: the first Error stands */
   c->srv->stats.errors++;
   if (tls_pending(c)) {
     conn_close(c, msg);
@@ -273,6 +319,12 @@ static void read_resume(struct srv_conn *c) {
   if ((c->state != CONN_READY && c->state != CONN_HELLO) ||
       c->close_after_write)
     return;
+  /* Requests held back count too: a peer that pipelines requests and
+   * reads no replies must not make us queue replies without bound. */
+  if (c->write_queue > c->srv->cfg.max_write_queue) {
+    read_stop(c); /* resumed by on_write */
+    return;
+  }
   if (c->pending != NULL) {
     uint8_t *p = c->pending;
     size_t n = c->pending_len;
@@ -327,6 +379,7 @@ void srv_job_free(struct srv_job *job) {
     return;
   fsp_msg_close(&job->msg);
   fsp_free(job->frame);
+  fsp_free(job->held);
   fsp_free(job);
 }
 
@@ -345,6 +398,147 @@ static void start_pool_job(struct srv_conn *c, struct srv_job *job) {
   c->srv->jobs_in_pool++;
 }
 
+/* Reads a base-128 varint from p[*off..len). False when it is truncated
+ * or longer than 10 bytes. */
+static bool read_varint(const uint8_t *p, size_t len, size_t *off,
+                        uint64_t *v) {
+  unsigned shift = 0;
+
+  *v = 0;
+  while (*off < len && shift < 70) {
+    uint8_t b = p[(*off)++];
+
+    *v |= (uint64_t)(b & 0x7f) << shift;
+    if ((b & 0x80) == 0)
+      return true;
+    shift += 7;
+  }
+  return false;
+}
+
+/* Which body an encoded Envelope carries, found from its top-level tags
+ * and lengths alone, so a message that is not a Hello can be refused
+ * before a byte of it is decoded. Returns the body field (for a repeated
+ * body the last, as the decoder would keep), or NULL when there is none or
+ * the bytes are not well-formed at the top level: the full decode then
+ * says why. */
+static const ProtobufCFieldDescriptor *peek_body(const uint8_t *p,
+                                                 size_t len) {
+  const ProtobufCFieldDescriptor *body = NULL;
+  size_t off = 0;
+
+  while (off < len) {
+    const ProtobufCFieldDescriptor *f;
+    uint64_t tag;
+    uint64_t n;
+
+    if (!read_varint(p, len, &off, &tag) || tag >> 3 == 0 ||
+        tag >> 3 > UINT32_MAX)
+      return NULL;
+    switch (tag & 7) {
+    case 0:
+      if (!read_varint(p, len, &off, &n))
+        return NULL;
+      break;
+    case 1:
+      if (len - off < 8)
+        return NULL;
+      off += 8;
+      break;
+    case 2:
+      if (!read_varint(p, len, &off, &n) || n > len - off)
+        return NULL;
+      off += (size_t)n;
+      break;
+    case 5:
+      if (len - off < 4)
+        return NULL;
+      off += 4;
+      break;
+    default:
+      return NULL; /* groups and reserved wire types */
+    }
+    f = protobuf_c_message_descriptor_get_field(
+        &fieldsync__envelope__descriptor, (unsigned)(tag >> 3));
+    if (f != NULL && (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) != 0) {
+      if ((tag & 7) != PROTOBUF_C_WIRE_TYPE_LENGTH_PREFIXED)
+        return NULL;
+      body = f;
+    }
+  }
+  return body;
+}
+
+/* Starts the token check for a decoded Hello. A Hello without a token is
+ * refused here, without touching the store. May close c. */
+static void start_auth(struct srv_conn *c, const Fieldsync__Hello *h) {
+  struct srv_job *job;
+
+  if (h->device_token == NULL || h->device_token[0] == '\0') {
+    srv_log(SRV_WARN, "auth_refused", "conn=%llu peer=%s reason=no_token",
+            (unsigned long long)c->id, c->peer);
+    conn_fail(c, FIELDSYNC__ERROR_CODE__ERR_UNAUTHENTICATED,
+              "hello carries no device token");
+    return;
+  }
+  job = job_new(c, SRV_JOB_AUTH);
+  if (job == NULL)
+    return;
+  snprintf(job->token, sizeof(job->token), "%s", h->device_token);
+  /* fsp_msg checked that replica_id is present and 16 bytes. */
+  memcpy(job->replica, h->replica_id.data, sizeof(job->replica));
+  c->state = CONN_AUTH;
+  start_pool_job(c, job);
+}
+
+/* Starts a Pull: copies what the store needs out of the message (which
+ * the caller frees). May close c. */
+static void start_pull(struct srv_conn *c, const Fieldsync__Pull *pl) {
+  struct srv *srv = c->srv;
+  struct srv_scope *held = NULL;
+  struct srv_job *job;
+  uv_timeval64_t tv;
+  size_t i;
+
+  /* fsp_msg checked the count (<= FSP_MAX_HELD_SCOPES), each key and the
+   * order. */
+  if (pl->n_held_scopes > 0) {
+    held = fsp_malloc(pl->n_held_scopes * sizeof(*held));
+    if (held == NULL) {
+      conn_fail(c, FIELDSYNC__ERROR_CODE__ERR_INTERNAL, "out of memory");
+      return;
+    }
+    for (i = 0; i < pl->n_held_scopes; i++) {
+      held[i].kind = (int)pl->held_scopes[i]->kind;
+      memcpy(held[i].id, pl->held_scopes[i]->id.data, sizeof(held[i].id));
+    }
+  }
+  job = job_new(c, SRV_JOB_PULL);
+  if (job == NULL) {
+    fsp_free(held);
+    return;
+  }
+  job->held = held;
+  job->nheld = pl->n_held_scopes;
+  job->cursor = pl->cursor;
+  job->max_records =
+      pl->has_max_records ? pl->max_records : srv->cfg.max_batch;
+  if (job->max_records > srv->cfg.max_batch)
+    job->max_records = srv->cfg.max_batch;
+  if (pl->backfill_scope != NULL) {
+    job->has_backfill = true;
+    job->backfill.kind = (int)pl->backfill_scope->kind;
+    memcpy(job->backfill.id, pl->backfill_scope->id.data,
+           sizeof(job->backfill.id));
+    job->backfill_after = pl->has_backfill_after ? pl->backfill_after : 0;
+  }
+  job->now_ms = 0;
+  if (uv_gettimeofday(&tv) == 0)
+    job->now_ms = (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+  c->state = CONN_BUSY;
+  start_pool_job(c, job);
+}
+
 /* Handles one whole frame body. May change state or close c. */
 static void handle_frame(struct srv_conn *c, uint8_t *body, size_t len) {
   struct srv *srv = c->srv;
@@ -353,6 +547,15 @@ static void handle_frame(struct srv_conn *c, uint8_t *body, size_t len) {
   struct srv_job *job;
   int rc;
 
+  if (c->state == CONN_HELLO) {
+    const ProtobufCFieldDescriptor *f = peek_body(body, len);
+
+    if (f != NULL && f->id != FIELDSYNC__ENVELOPE__BODY_HELLO) {
+      conn_fail(c, FIELDSYNC__ERROR_CODE__ERR_UNEXPECTED_MESSAGE,
+                "expected hello, got %s", f->name);
+      return;
+    }
+  }
   memset(&err, 0, sizeof(err));
   rc = fsp_msg_decode(&m, body, len, &srv->lim, &err);
   if (rc != 0) {
@@ -366,12 +569,7 @@ static void handle_frame(struct srv_conn *c, uint8_t *body, size_t len) {
                 "expected hello, got %s", fsp_msg_body_name(m.env));
       break;
     }
-    job = job_new(c, SRV_JOB_AUTH);
-    if (job == NULL)
-      break;
-    snprintf(job->token, sizeof(job->token), "%s", m.env->hello->device_token);
-    c->state = CONN_AUTH;
-    start_pool_job(c, job);
+    start_auth(c, m.env->hello);
     break;
   case CONN_READY:
     switch (m.env->body_case) {
@@ -384,17 +582,7 @@ static void handle_frame(struct srv_conn *c, uint8_t *body, size_t len) {
       srv_writer_submit(srv, job);
       break;
     case FIELDSYNC__ENVELOPE__BODY_PULL:
-      job = job_new(c, SRV_JOB_PULL);
-      if (job == NULL)
-        break;
-      job->cursor = m.env->pull->cursor;
-      job->max_records = m.env->pull->has_max_records
-                             ? m.env->pull->max_records
-                             : srv->cfg.max_batch;
-      if (job->max_records > srv->cfg.max_batch)
-        job->max_records = srv->cfg.max_batch;
-      c->state = CONN_BUSY;
-      start_pool_job(c, job);
+      start_pull(c, m.env->pull);
       break;
     case FIELDSYNC__ENVELOPE__BODY_BYE:
       conn_close(c, "bye");
@@ -517,8 +705,13 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
 
   if (buf->base == read_buf)
     read_buf_busy = false; /* consumed or copied before we return */
-  if (c->state == CONN_CLOSING || c->close_after_write)
+  if (c->lingering && c->state != CONN_CLOSING && nread < 0 &&
+      nread != UV_ENOBUFS) {
+    conn_close(c, "closed after error");
     return;
+  }
+  if (c->state == CONN_CLOSING || c->close_after_write)
+    return; /* failing: what the peer still sends is dropped */
   if (nread == UV_ENOBUFS)
     return;
   if (nread < 0) {
@@ -574,24 +767,81 @@ static void build_welcome(struct srv_job *job) {
     job->rc = SRV_STORE_ENOMEM;
 }
 
+/* Points k at scope s (whose memory must outlive k). */
+static void scope_to_pb(const struct srv_scope *s, Fieldsync__ScopeKey *k) {
+  fieldsync__scope_key__init(k);
+  k->has_kind = 1;
+  k->kind = (Fieldsync__ScopeKind)s->kind;
+  k->has_id = 1;
+  k->id.data = (uint8_t *)s->id;
+  k->id.len = sizeof(s->id);
+}
+
+/* Encodes page as the job's Changes frame (worker thread). */
 static void build_changes(struct srv_job *job, const struct srv_page *page) {
   Fieldsync__Envelope env = FIELDSYNC__ENVELOPE__INIT;
   Fieldsync__Changes ch = FIELDSYNC__CHANGES__INIT;
+  Fieldsync__ScopeKey backfill;
+  Fieldsync__ScopeKey *removed = NULL;
+  Fieldsync__ScopeKey **removedp = NULL;
+  size_t i;
 
+  if (page->nremoved > 0) {
+    removed = fsp_malloc(page->nremoved * sizeof(*removed));
+    removedp = fsp_malloc(page->nremoved * sizeof(*removedp));
+    if (removed == NULL || removedp == NULL) {
+      job->rc = SRV_STORE_ENOMEM;
+      snprintf(job->err, sizeof(job->err), "out of memory");
+      goto done;
+    }
+    for (i = 0; i < page->nremoved; i++) {
+      scope_to_pb(&page->removed[i], &removed[i]);
+      removedp[i] = &removed[i];
+    }
+  }
   ch.n_changes = page->n;
   ch.changes = page->changes;
   ch.has_next_cursor = 1;
   ch.next_cursor = page->next_cursor;
   ch.has_more = 1;
   ch.more = page->more;
+  ch.n_removed_scopes = page->nremoved;
+  ch.removed_scopes = removedp;
+  if (page->backfilling) {
+    scope_to_pb(&page->backfill, &backfill);
+    ch.backfill_scope = &backfill;
+    ch.has_backfill_next = 1;
+    ch.backfill_next = page->backfill_next;
+    ch.has_backfill_done = 1;
+    ch.backfill_done = page->backfill_done;
+  }
   env.body_case = FIELDSYNC__ENVELOPE__BODY_CHANGES;
   env.changes = &ch;
   job->records = page->n;
+  job->removed = page->nremoved;
+  job->backfilling = page->backfilling;
   if (fsp_msg_encode_frame(&env, job->srv->cfg.max_frame, &job->frame,
                            &job->frame_len) != 0) {
     job->rc = SRV_STORE_ENOMEM;
     snprintf(job->err, sizeof(job->err), "cannot encode changes");
   }
+done:
+  fsp_free(removed);
+  fsp_free(removedp);
+}
+
+/* The bytes of changes one Changes frame may carry: the frame less a
+ * margin for the envelope around them, the removed scopes (at most the
+ * held ones) and the backfill fields. */
+static size_t pull_max_bytes(uint32_t max_frame, size_t nheld) {
+  size_t margin = max_frame > 128u * 1024u ? 64u * 1024u : max_frame / 2u;
+
+  margin += nheld * SCOPE_WIRE_MAX + 64u;
+  /* The Pull that listed nheld scopes fit in a frame, so its removed
+   * scopes do too; with a tiny frame the page gets a quarter of it. */
+  if (margin + max_frame / 4u > max_frame)
+    return max_frame / 4u;
+  return max_frame - margin;
 }
 
 /* Worker thread: auth and pull read the store on a lent connection. */
@@ -601,19 +851,26 @@ static void work_cb(uv_work_t *req) {
   struct srv_store_conn *rc = srv_reader_take(srv);
 
   if (job->kind == SRV_JOB_AUTH) {
-    job->rc = srv_store_auth(rc, job->token, &job->who);
+    job->rc = srv_store_auth(rc, job->token, job->replica, &job->who);
     if (job->rc == 0)
       build_welcome(job);
+    else if (job->rc != SRV_STORE_ENOTFOUND)
+      snprintf(job->err, sizeof(job->err), "%s", srv_store_errmsg(rc));
   } else {
+    struct srv_pull_req pr;
     struct srv_page page;
-    /* Leave room in the frame for the envelope around the changes. */
-    size_t max_bytes = srv->cfg.max_frame > 128u * 1024u
-                           ? srv->cfg.max_frame - 64u * 1024u
-                           : srv->cfg.max_frame / 2u;
 
+    memset(&pr, 0, sizeof(pr));
+    pr.cursor = job->cursor;
+    pr.max_records = job->max_records;
+    pr.max_bytes = pull_max_bytes(srv->cfg.max_frame, job->nheld);
+    pr.held = job->held;
+    pr.nheld = job->nheld;
+    pr.backfill = job->has_backfill ? &job->backfill : NULL;
+    pr.backfill_after = job->backfill_after;
+    pr.now_ms = job->now_ms;
     memset(&page, 0, sizeof(page));
-    job->rc = srv_store_pull(rc, job->cursor, job->max_records, max_bytes,
-                             &page);
+    job->rc = srv_store_pull(rc, &job->who, &pr, &page);
     if (job->rc == 0)
       build_changes(job, &page);
     else
@@ -633,6 +890,68 @@ static void after_work_cb(uv_work_t *req, int status) {
   srv_conn_job_done(job);
 }
 
+/* Answers a failed token check: each cause has its own Error and log
+ * reason (never the token). */
+static void auth_refused(struct srv_conn *c, const struct srv_job *job) {
+  switch (job->rc) {
+  case SRV_STORE_EREVOKED:
+    srv_log(SRV_WARN, "auth_refused", "conn=%llu peer=%s reason=revoked",
+            (unsigned long long)c->id, c->peer);
+    conn_fail(c, FIELDSYNC__ERROR_CODE__ERR_REVOKED, REVOKED_MSG);
+    break;
+  case SRV_STORE_EMISMATCH:
+    srv_log(SRV_WARN, "auth_refused",
+            "conn=%llu peer=%s reason=replica_mismatch",
+            (unsigned long long)c->id, c->peer);
+    conn_fail(c, FIELDSYNC__ERROR_CODE__ERR_UNAUTHENTICATED,
+              "device token belongs to another device");
+    break;
+  case SRV_STORE_ENOTFOUND:
+    srv_log(SRV_WARN, "auth_refused", "conn=%llu peer=%s reason=unknown_token",
+            (unsigned long long)c->id, c->peer);
+    conn_fail(c, FIELDSYNC__ERROR_CODE__ERR_UNAUTHENTICATED,
+              "device token not recognised");
+    break;
+  case SRV_STORE_ENOMEM:
+    srv_log(SRV_ERROR, "auth_failed", "conn=%llu peer=%s error=\"%s\"",
+            (unsigned long long)c->id, c->peer,
+            job->err[0] != '\0' ? job->err : "out of memory");
+    conn_fail(c, FIELDSYNC__ERROR_CODE__ERR_INTERNAL, "out of memory");
+    break;
+  default:
+    /* The store failed: the token may be good, so the client is told to
+     * retry rather than that its token is wrong. */
+    srv_log(SRV_ERROR, "storage_error", "conn=%llu peer=%s op=auth "
+            "error=\"%s\"", (unsigned long long)c->id, c->peer, job->err);
+    conn_fail(c, FIELDSYNC__ERROR_CODE__ERR_STORAGE,
+              "cannot check the device token now; try again later");
+    break;
+  }
+}
+
+/* Ends a revoked device's session whose job just finished: its reply is
+ * dropped. What a push committed stays committed (PROTOCOL.md). */
+static void revoked_job_done(struct srv_conn *c, struct srv_job *job) {
+  struct srv *srv = c->srv;
+
+  if (job->kind == SRV_JOB_AUTH) {
+    srv_log(SRV_WARN, "auth_refused",
+            "conn=%llu peer=%s reason=revoked device=%lld",
+            (unsigned long long)c->id, c->peer,
+            (long long)job->who.device_id);
+  } else {
+    if (job->kind == SRV_JOB_PUSH && job->rc == 0) {
+      c->records_in += job->records;
+      srv->stats.records_in += job->records;
+    }
+    srv_log(SRV_INFO, "reply_dropped",
+            "conn=%llu device=%lld op=%s records=%zu reason=revoked",
+            (unsigned long long)c->id, (long long)c->who.device_id,
+            job->kind == SRV_JOB_PUSH ? "push" : "pull", job->records);
+  }
+  conn_fail(c, FIELDSYNC__ERROR_CODE__ERR_REVOKED, REVOKED_MSG);
+}
+
 void srv_conn_job_done(struct srv_job *job) {
   struct srv_conn *c = job->conn;
   struct srv *srv = job->srv;
@@ -646,12 +965,18 @@ void srv_conn_job_done(struct srv_job *job) {
     conn_close(c, "closed while busy");
     return;
   }
+  /* A token read before its device was revoked must not open a session
+   * (the revocation watch may have run while the check was in flight). */
+  if (c->revoked || (job->kind == SRV_JOB_AUTH && job->rc == 0 &&
+                     srv_revoked_has(srv, job->who.device_id))) {
+    revoked_job_done(c, job);
+    fsp_free(frame);
+    srv_job_free(job);
+    return;
+  }
   if (job->kind == SRV_JOB_AUTH) {
     if (job->rc != 0) {
-      srv_log(SRV_WARN, "auth_refused", "conn=%llu peer=%s",
-              (unsigned long long)c->id, c->peer);
-      conn_fail(c, FIELDSYNC__ERROR_CODE__ERR_UNAUTHENTICATED,
-                "device token not recognised or revoked");
+      auth_refused(c, job);
     } else {
       c->who = job->who;
       c->authed = true;
@@ -688,9 +1013,12 @@ void srv_conn_job_done(struct srv_job *job) {
     } else {
       c->records_out += job->records;
       srv->stats.records_out += job->records;
-      srv_log(SRV_DEBUG, "pull", "conn=%llu user=%s cursor=%llu records=%zu",
+      srv_log(SRV_DEBUG, "pull",
+              "conn=%llu user=%s cursor=%llu held=%zu records=%zu "
+              "removed=%zu backfill=%s",
               (unsigned long long)c->id, c->who.user,
-              (unsigned long long)job->cursor, job->records);
+              (unsigned long long)job->cursor, job->nheld, job->records,
+              job->removed, job->backfilling ? "yes" : "no");
     }
     c->state = CONN_READY;
     c->deadline = uv_now(srv->loop) + srv->cfg.idle_timeout_ms;
@@ -788,7 +1116,8 @@ void srv_conn_sweep(struct srv *srv) {
 
     if (c->state != CONN_CLOSING && c->deadline != 0 && now >= c->deadline) {
       if (c->close_after_write) {
-        conn_close(c, "peer did not read its error");
+        conn_close(c, c->lingering ? "peer kept the connection after its error"
+                                   : "peer did not read its error");
       } else {
         bool hello = c->state == CONN_HELLO;
         srv_log(SRV_INFO, "timeout", "conn=%llu peer=%s phase=%s",
@@ -815,6 +1144,28 @@ void srv_conn_drain_all(struct srv *srv) {
     if (c->state == CONN_HELLO || c->state == CONN_READY)
       conn_fail(c, FIELDSYNC__ERROR_CODE__ERR_SHUTTING_DOWN,
                 "server is shutting down; sync again later");
+    c = next;
+  }
+}
+
+void srv_conn_revoke(struct srv *srv) {
+  struct srv_conn *c = srv->conns;
+
+  while (c != NULL) {
+    struct srv_conn *next = c->next;
+
+    if (c->authed && !c->revoked && c->state != CONN_CLOSING &&
+        srv_revoked_has(srv, c->who.device_id)) {
+      srv_log(SRV_INFO, "session_revoked",
+              "conn=%llu device=%lld user=%s in_flight=%s",
+              (unsigned long long)c->id, (long long)c->who.device_id,
+              c->who.user, c->job_in_flight ? "yes" : "no");
+      c->revoked = true;
+      /* With a job in flight, its completion sends the Error instead of
+       * the reply. A session already failing keeps its first Error. */
+      if (!c->job_in_flight && !c->close_after_write)
+        conn_fail(c, FIELDSYNC__ERROR_CODE__ERR_REVOKED, REVOKED_MSG);
+    }
     c = next;
   }
 }

@@ -1,10 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /* The event loop around the connections: listening, the housekeeping timer
- * (deadlines, shutdown progress; Redis's serverCron), SIGINT/SIGTERM, the
- * pool of reader connections lent to worker threads, and start/stop. */
+ * (deadlines, revocations, shutdown progress; Redis's serverCron),
+ * SIGINT/SIGTERM, the pool of reader connections lent to worker threads,
+ * and start/stop. */
 #include <signal.h>
 #include <sys/socket.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "srv.h"
@@ -12,6 +15,9 @@
 #include "srv_tls.h"
 
 #define CRON_MS 100
+/* How often the auth epoch is polled: a revoked device's sessions end
+ * within this (plus one job) of the revocation's commit. */
+#define REVOKE_POLL_MS 200
 
 struct srv_store_conn *srv_reader_take(struct srv *srv) {
   struct srv_store_conn *c;
@@ -29,6 +35,101 @@ void srv_reader_give(struct srv *srv, struct srv_store_conn *c) {
   srv->readers[srv->nreaders_free++] = c;
   uv_cond_signal(&srv->readers_cond);
   uv_mutex_unlock(&srv->readers_lock);
+}
+
+/* ---- revoked devices ---------------------------------------------------- */
+
+static int cmp_id(const void *a, const void *b) {
+  int64_t x = *(const int64_t *)a;
+  int64_t y = *(const int64_t *)b;
+
+  return x < y ? -1 : x > y;
+}
+
+bool srv_revoked_has(const struct srv *srv, int64_t device_id) {
+  return srv->nrevoked > 0 &&
+         bsearch(&device_id, srv->revoked, srv->nrevoked,
+                 sizeof(*srv->revoked), cmp_id) != NULL;
+}
+
+/* Merges ids[0..n) (sorted here) into the sorted set. Returns how many
+ * were new, or -1 when out of memory (then nothing is added). */
+static long revoked_add(struct srv *srv, int64_t *ids, size_t n) {
+  int64_t *merged;
+  size_t i = 0;
+  size_t j = 0;
+  size_t k = 0;
+  size_t fresh = 0;
+
+  if (n == 0)
+    return 0;
+  if (n > SIZE_MAX / sizeof(int64_t) - srv->nrevoked)
+    return -1;
+  qsort(ids, n, sizeof(*ids), cmp_id);
+  merged = fsp_malloc((srv->nrevoked + n) * sizeof(*merged));
+  if (merged == NULL)
+    return -1;
+  while (i < srv->nrevoked || j < n) {
+    int64_t v;
+
+    if (j == n || (i < srv->nrevoked && srv->revoked[i] <= ids[j])) {
+      v = srv->revoked[i++];
+    } else {
+      v = ids[j++];
+      if (k == 0 || merged[k - 1] != v)
+        fresh++;
+    }
+    if (k == 0 || merged[k - 1] != v)
+      merged[k++] = v;
+  }
+  fsp_free(srv->revoked);
+  srv->revoked = merged;
+  srv->nrevoked = k;
+  return (long)fresh;
+}
+
+/* Polls the auth epoch on the loop's own store connection (one indexed
+ * read; a WAL reader never waits for the writer). When it moved, loads the
+ * devices revoked since and ends their sessions. A failure is logged once
+ * and retried at the next poll, from the same epoch. */
+static void revoke_poll(struct srv *srv) {
+  uint64_t epoch = 0;
+  int64_t *ids = NULL;
+  size_t n = 0;
+  long fresh;
+  int rc;
+
+  if (srv->watch == NULL)
+    return;
+  rc = srv_store_auth_epoch(srv->watch, &epoch);
+  if (rc == 0 && epoch != srv->auth_epoch)
+    rc = srv_store_revoked_since(srv->watch, srv->auth_epoch, &ids, &n);
+  if (rc != 0) {
+    if (!srv->watch_failing)
+      srv_log(SRV_ERROR, "revocation_watch",
+              "error=\"%s\" (retrying every %d ms)",
+              srv_store_errmsg(srv->watch), REVOKE_POLL_MS);
+    srv->watch_failing = true;
+    return;
+  }
+  if (srv->watch_failing)
+    srv_log(SRV_INFO, "revocation_watch", "recovered epoch=%llu",
+            (unsigned long long)epoch);
+  srv->watch_failing = false;
+  if (epoch == srv->auth_epoch)
+    return;
+  fresh = revoked_add(srv, ids, n);
+  fsp_free(ids);
+  if (fresh < 0) {
+    srv_log(SRV_ERROR, "revocation_watch", "error=\"out of memory\"");
+    return; /* the epoch stays: retried at the next poll */
+  }
+  srv_log(SRV_INFO, "revocations",
+          "epoch=%llu devices=%zu new=%ld revoked_total=%zu",
+          (unsigned long long)epoch, n, fresh, srv->nrevoked);
+  srv->auth_epoch = epoch;
+  if (fresh > 0)
+    srv_conn_revoke(srv);
 }
 
 static void on_connection(uv_stream_t *server, int status) {
@@ -60,6 +161,9 @@ static void maybe_finish(struct srv *srv) {
     return;
   srv_writer_stop(srv);
   close_readers(srv);
+  if (srv->watch != NULL)
+    srv_store_conn_close(srv->watch);
+  srv->watch = NULL;
   uv_close((uv_handle_t *)&srv->cron, NULL);
   uv_close((uv_handle_t *)&srv->sigint, NULL);
   uv_close((uv_handle_t *)&srv->sigterm, NULL);
@@ -78,6 +182,9 @@ static void maybe_finish(struct srv *srv) {
 static void on_cron(uv_timer_t *t) {
   struct srv *srv = t->data;
 
+  srv->cron_ticks++;
+  if (!srv->stopping && srv->cron_ticks % (REVOKE_POLL_MS / CRON_MS) == 0)
+    revoke_poll(srv);
   srv_conn_sweep(srv);
   maybe_finish(srv);
 }
@@ -192,6 +299,18 @@ int srv_run(const struct srv_config *cfg) {
     }
     srv.nreaders_free++;
   }
+  /* The revocation watch starts from epoch 0, so the set begins with
+   * every device revoked before this start. */
+  if (srv_store_conn_open(srv.store, &srv.watch, err, sizeof(err)) != 0) {
+    fprintf(stderr, "fieldsyncd: %s\n", err);
+    goto fail;
+  }
+  revoke_poll(&srv);
+  if (srv.watch_failing) {
+    fprintf(stderr, "fieldsyncd: cannot read revoked devices: %s\n",
+            srv_store_errmsg(srv.watch));
+    goto fail;
+  }
   if (srv_writer_start(&srv) != 0) {
     fprintf(stderr, "fieldsyncd: cannot start the writer\n");
     goto fail;
@@ -217,10 +336,14 @@ int srv_run(const struct srv_config *cfg) {
   srv_tls_close(srv.tls);
   uv_mutex_destroy(&srv.readers_lock);
   uv_cond_destroy(&srv.readers_cond);
+  fsp_free(srv.revoked);
   return 0;
 fail:
   uv_run(srv.loop, UV_RUN_DEFAULT); /* let closed handles finish */
   close_readers(&srv);
+  if (srv.watch != NULL)
+    srv_store_conn_close(srv.watch);
+  fsp_free(srv.revoked);
   srv_store_close(srv.store);
   srv_tls_close(srv.tls);
   return 1;

@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /* The SQLite implementation of srv_store.h: users, devices and their token
- * hashes, and every version ever pushed (the history), with the current
- * versions of each record marked and numbered for the change feed. One
- * sqlite3 handle per srv_store_conn, opened NOMUTEX: a connection is used by
- * one thread at a time and never shared. */
+ * hashes, visit assignments, and every version ever pushed (the history),
+ * with the current versions of each record marked and numbered for the
+ * change feed and indexed by scope for scoped feeds. Pushes are authorised
+ * with srv_policy.h inside their own transaction. One sqlite3 handle per
+ * srv_store_conn, opened NOMUTEX: a connection is used by one thread at a
+ * time and never shared. */
 #define _DEFAULT_SOURCE /* getentropy() */
 #include "srv_store.h"
 
@@ -25,17 +27,41 @@
 #include "fsp_merge.h"
 #include "fsp_payload.h"
 #include "fsp_vv.h"
+#include "srv_policy.h"
 
 /* PRAGMA application_id of a server database ("FSSV"), so that a client
  * database (which has the same user_version) is never mistaken for one. */
 #define SRV_APP_ID 0x46535356
-#define SRV_SCHEMA_VERSION 1
+/* Version 2 (issue 5): device revocation and replica binding, record
+ * owners, visit assignments and the per-scope feed index. */
+#define SRV_SCHEMA_VERSION 2
 #define SRV_TOKEN_PREFIX "fst_"
 #define SRV_TOKEN_RANDOM 24 /* bytes behind the prefix, as hex */
 #define SRV_BUSY_MS 5000
+/* How long a handshake waits to record last_seen_ms before giving up on
+ * it (the handshake itself still succeeds). */
+#define SRV_SEEN_BUSY_MS 100
 /* Stored vectors were validated when they were written; reading them back
  * is not limited by the (possibly lowered) session limits. */
 #define SRV_STORED_MAX_VV ((size_t)1 << 20)
+/* Rows a backfill page may pass over unread (versions the device may not
+ * read) beyond its max_records, so that one page's work stays bounded. */
+#define SRV_BACKFILL_SKIP 1024
+
+/* The index of the scoped feed: covering (current included, as SQLite
+ * wants every column the query names), so that one scope's part of a page
+ * is read from the index alone, whatever the store's size. */
+#define SCOPE_INDEX_SQL                                                        \
+  "CREATE INDEX versions_scope ON versions(scope_kind, scope_id, seq, "        \
+  "collection, owner, current) WHERE current = 1"
+/* Visit teams: until_ms NULL means no end. */
+#define ASSIGNMENTS_SQL                                                        \
+  "CREATE TABLE assignments("                                                  \
+  "  visit_id BLOB NOT NULL,"                                                  \
+  "  user_id INTEGER NOT NULL REFERENCES users(id),"                           \
+  "  until_ms INTEGER,"                                                        \
+  "  created_ms INTEGER NOT NULL,"                                             \
+  "  PRIMARY KEY(user_id, visit_id)) WITHOUT ROWID"
 
 static const char *const schema_sql =
     "CREATE TABLE meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
@@ -45,21 +71,33 @@ static const char *const schema_sql =
     "  role INTEGER NOT NULL,"
     "  created_ms INTEGER NOT NULL,"
     "  deleted INTEGER NOT NULL DEFAULT 0);"
+    /* replica_id: bound by the first successful handshake (NULL before);
+     * revoked_epoch: the auth epoch of the revocation. */
     "CREATE TABLE devices("
     "  id INTEGER PRIMARY KEY,"
     "  user_id INTEGER NOT NULL REFERENCES users(id),"
     "  token_hash BLOB UNIQUE NOT NULL,"
     "  created_ms INTEGER NOT NULL,"
-    "  revoked INTEGER NOT NULL DEFAULT 0);"
+    "  revoked INTEGER NOT NULL DEFAULT 0,"
+    "  revoked_ms INTEGER,"
+    "  revoked_epoch INTEGER,"
+    "  replica_id BLOB,"
+    "  last_seen_ms INTEGER);"
     "CREATE INDEX devices_user ON devices(user_id);"
-    /* reuse: a replica id was reused on this record (DESIGN.md 2). */
+    "CREATE INDEX devices_revoked ON devices(revoked_epoch);"
+    /* reuse: a replica id was reused on this record (DESIGN.md 2).
+     * owner: the owner named by the latest applied live version;
+     * service_id: a visit's service (kept across tombstones). */
     "CREATE TABLE records("
     "  id BLOB PRIMARY KEY,"
     "  collection INTEGER NOT NULL,"
     "  scope_kind INTEGER NOT NULL,"
     "  scope_id BLOB NOT NULL,"
-    "  reuse INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;"
-    /* seq is the rowid: never deleted, so it only grows. */
+    "  reuse INTEGER NOT NULL DEFAULT 0,"
+    "  owner TEXT,"
+    "  service_id BLOB) WITHOUT ROWID;"
+    /* seq is the rowid: never deleted, so it only grows. owner: the
+     * payload's owner; for a tombstone, its record's owner. */
     "CREATE TABLE versions("
     "  seq INTEGER PRIMARY KEY,"
     "  record BLOB NOT NULL,"
@@ -76,14 +114,20 @@ static const char *const schema_sql =
     "  device_id INTEGER,"
     "  received_ms INTEGER NOT NULL,"
     "  current INTEGER NOT NULL,"
+    "  owner TEXT,"
     "  UNIQUE(record, hash, vv));"
     "CREATE INDEX versions_current ON versions(record) WHERE current = 1;"
-    "CREATE INDEX versions_feed ON versions(seq) WHERE current = 1;";
+    "CREATE INDEX versions_feed ON versions(seq) WHERE current = 1;"
+    /* The scoped feed's index and visit teams (as the upgrade makes them). */
+    SCOPE_INDEX_SQL ";" ASSIGNMENTS_SQL ";"
+    /* The auth epoch: stepped by every revocation. */
+    "INSERT INTO meta(key, value) VALUES('auth_epoch', 0);";
 
 /* Cached statements, prepared on first use and kept for the connection's
  * life (SQLITE_PREPARE_PERSISTENT). */
 enum stmt_id {
   ST_BEGIN,
+  ST_BEGIN_READ,
   ST_COMMIT,
   ST_ROLLBACK,
   ST_SAVEPOINT,
@@ -96,51 +140,124 @@ enum stmt_id {
   ST_SUPERSEDE,
   ST_UPSERT_RECORD,
   ST_PULL,
+  ST_SCOPE_FEED,
+  ST_SCOPE_BACKFILL,
+  ST_VERSION_BY_SEQ,
+  ST_MAX_SEQ,
+  ST_SCOPES,
   ST_AUTH,
+  ST_BIND,
+  ST_DEVICE_REPLICA,
+  ST_SEEN,
+  ST_EPOCH,
+  ST_EPOCH_SET,
+  ST_REVOKED_SINCE,
   ST_USER_ADD,
   ST_USER_FIND,
+  ST_USER_ANY,
+  ST_USER_DELETE,
   ST_DEVICE_ADD,
+  ST_DEVICE_GET,
+  ST_DEVICE_REVOKE,
+  ST_USER_REVOKE,
+  ST_ASSIGN,
+  ST_UNASSIGN,
   ST_COUNT
 };
 
+/* The columns build_change reads, in its order. */
+#define CHANGE_COLUMNS                                                         \
+  "seq, record, collection, scope_kind, scope_id, hash, vv, deleted, "         \
+  "payload, author, device_time_ms "
+
 static const char *const stmt_sql[ST_COUNT] = {
     [ST_BEGIN] = "BEGIN IMMEDIATE",
+    [ST_BEGIN_READ] = "BEGIN",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
     [ST_SAVEPOINT] = "SAVEPOINT srv_sp",
     [ST_RELEASE] = "RELEASE srv_sp",
     [ST_ROLLBACK_TO] = "ROLLBACK TO srv_sp",
-    [ST_LOAD_RECORD] =
-        "SELECT collection, scope_kind, scope_id FROM records WHERE id = ?1",
+    /* Column 3 says whether the stored owner is ?2 (the pushing user). */
+    [ST_LOAD_RECORD] = "SELECT collection, scope_kind, scope_id, "
+                       "coalesce(owner = ?2, 0), service_id "
+                       "FROM records WHERE id = ?1",
     [ST_FIND_VERSION] = "SELECT current FROM versions "
                         "WHERE record = ?1 AND hash = ?2 AND vv = ?3",
     [ST_LOAD_CURRENT] =
         "SELECT seq, hash, vv FROM versions WHERE record = ?1 AND current = 1",
+    /* A tombstone (?4) takes its record's owner. */
     [ST_INSERT_VERSION] =
         "INSERT INTO versions(record, hash, vv, deleted, payload, author, "
         "device_time_ms, collection, scope_kind, scope_id, user_id, "
-        "device_id, received_ms, current) "
-        "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        "device_id, received_ms, current, owner) "
+        "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, "
+        "CASE WHEN ?4 THEN (SELECT owner FROM records WHERE id = ?1) "
+        "ELSE ?15 END)",
     [ST_SUPERSEDE] = "UPDATE versions SET current = 0 WHERE seq = ?1",
+    /* ?8: the version is a tombstone, which keeps owner and service. */
     [ST_UPSERT_RECORD] =
-        "INSERT INTO records(id, collection, scope_kind, scope_id, reuse) "
-        "VALUES(?1, ?2, ?3, ?4, ?5) "
+        "INSERT INTO records(id, collection, scope_kind, scope_id, reuse, "
+        "owner, service_id) "
+        "VALUES(?1, ?2, ?3, ?4, ?5, CASE WHEN ?8 THEN NULL ELSE ?6 END, "
+        "CASE WHEN ?8 THEN NULL ELSE ?7 END) "
         "ON CONFLICT(id) DO UPDATE SET scope_kind = ?3, scope_id = ?4, "
-        "reuse = max(reuse, ?5)",
+        "reuse = max(reuse, ?5), "
+        "owner = CASE WHEN ?8 THEN owner ELSE ?6 END, "
+        "service_id = CASE WHEN ?8 THEN service_id ELSE ?7 END",
     /* LIMIT ?2 is max_records + 1: the extra row tells `more`. */
-    [ST_PULL] = "SELECT seq, record, collection, scope_kind, scope_id, hash, "
-                "vv, deleted, payload, author, device_time_ms "
-                "FROM versions WHERE current = 1 AND seq > ?1 "
-                "ORDER BY seq LIMIT ?2",
+    [ST_PULL] =
+        "SELECT " CHANGE_COLUMNS "FROM versions WHERE current = 1 AND seq > ?1 "
+        "ORDER BY seq LIMIT ?2",
+    /* One scope's part of a scoped feed, from the covering index. */
+    [ST_SCOPE_FEED] = "SELECT seq, collection, owner FROM versions "
+                      "WHERE scope_kind = ?1 AND scope_id = ?2 AND "
+                      "current = 1 AND seq > ?3 ORDER BY seq LIMIT ?4",
+    [ST_SCOPE_BACKFILL] = "SELECT seq, collection, owner FROM versions "
+                          "WHERE scope_kind = ?1 AND scope_id = ?2 AND "
+                          "current = 1 AND seq > ?3 AND seq <= ?4 "
+                          "ORDER BY seq",
+    [ST_VERSION_BY_SEQ] =
+        "SELECT " CHANGE_COLUMNS "FROM versions WHERE seq = ?1",
+    [ST_MAX_SEQ] = "SELECT max(seq) FROM versions",
+    /* The user's visits at ?2 and, for visits the server holds, their
+     * services. */
+    [ST_SCOPES] = "SELECT a.visit_id, r.service_id FROM assignments a "
+                  "LEFT JOIN records r ON r.id = a.visit_id "
+                  "WHERE a.user_id = ?1 AND "
+                  "(a.until_ms IS NULL OR a.until_ms > ?2)",
     [ST_AUTH] = "SELECT d.id, d.user_id, d.token_hash, d.revoked, u.name, "
-                "u.role, u.deleted "
+                "u.role, u.deleted, d.replica_id "
                 "FROM devices d JOIN users u ON u.id = d.user_id "
                 "WHERE d.token_hash = ?1",
+    [ST_BIND] = "UPDATE devices SET replica_id = ?2, last_seen_ms = ?3 "
+                "WHERE id = ?1 AND replica_id IS NULL",
+    [ST_DEVICE_REPLICA] = "SELECT replica_id FROM devices WHERE id = ?1",
+    [ST_SEEN] = "UPDATE devices SET last_seen_ms = ?2 WHERE id = ?1",
+    [ST_EPOCH] = "SELECT value FROM meta WHERE key = 'auth_epoch'",
+    [ST_EPOCH_SET] = "INSERT INTO meta(key, value) VALUES('auth_epoch', ?1) "
+                     "ON CONFLICT(key) DO UPDATE SET value = ?1",
+    [ST_REVOKED_SINCE] = "SELECT id FROM devices WHERE revoked_epoch > ?1",
     [ST_USER_ADD] =
         "INSERT INTO users(name, role, created_ms) VALUES(?1, ?2, ?3)",
-    [ST_USER_FIND] = "SELECT id FROM users WHERE name = ?1 AND deleted = 0",
+    [ST_USER_FIND] =
+        "SELECT id, role FROM users WHERE name = ?1 AND deleted = 0",
+    [ST_USER_ANY] = "SELECT id, role, deleted FROM users WHERE name = ?1",
+    [ST_USER_DELETE] = "UPDATE users SET deleted = 1 WHERE id = ?1",
     [ST_DEVICE_ADD] = "INSERT INTO devices(user_id, token_hash, created_ms) "
                       "VALUES(?1, ?2, ?3)",
+    [ST_DEVICE_GET] = "SELECT revoked FROM devices WHERE id = ?1",
+    [ST_DEVICE_REVOKE] = "UPDATE devices SET revoked = 1, revoked_ms = ?2, "
+                         "revoked_epoch = ?3 WHERE id = ?1",
+    [ST_USER_REVOKE] = "UPDATE devices SET revoked = 1, revoked_ms = ?2, "
+                       "revoked_epoch = ?3 WHERE user_id = ?1 AND "
+                       "revoked = 0",
+    /* until_ms NULL: no end. Assigning again replaces the end only. */
+    [ST_ASSIGN] = "INSERT INTO assignments(visit_id, user_id, until_ms, "
+                  "created_ms) VALUES(?1, ?2, ?3, ?4) "
+                  "ON CONFLICT(user_id, visit_id) DO UPDATE SET until_ms = ?3",
+    [ST_UNASSIGN] =
+        "DELETE FROM assignments WHERE user_id = ?1 AND visit_id = ?2",
 };
 
 /* The statements that must be answered from an index (srv_store_check),
@@ -152,9 +269,20 @@ static const struct {
     {ST_LOAD_RECORD, NULL},
     {ST_FIND_VERSION, NULL},
     {ST_LOAD_CURRENT, "versions_current"},
+    {ST_INSERT_VERSION, NULL},
     {ST_PULL, "versions_feed"},
+    {ST_SCOPE_FEED, "COVERING INDEX versions_scope"},
+    {ST_SCOPE_BACKFILL, "COVERING INDEX versions_scope"},
+    {ST_VERSION_BY_SEQ, NULL},
+    {ST_MAX_SEQ, NULL},
+    {ST_SCOPES, NULL},
     {ST_AUTH, NULL},
+    {ST_BIND, NULL},
+    {ST_SEEN, NULL},
+    {ST_EPOCH, NULL},
+    {ST_REVOKED_SINCE, "devices_revoked"},
     {ST_USER_FIND, NULL},
+    {ST_USER_REVOKE, "devices_user"},
 };
 
 struct srv_store {
@@ -489,6 +617,118 @@ done:
   return rc;
 }
 
+/* The SQL functions srv_payload_owner(collection, payload) and
+ * srv_payload_service(collection, payload) (user data non-NULL for the
+ * owner): what fsp_payload_owner / fsp_payload_service say of a stored
+ * payload, or NULL (no such field, unset, or a payload that no longer
+ * decodes). The schema upgrade uses them to fill the new columns. */
+static void sql_payload_fact(sqlite3_context *ctx, int argc,
+                             sqlite3_value **argv) {
+  static const uint8_t empty[1];
+  bool want_owner = sqlite3_user_data(ctx) != NULL;
+  const struct fsp_collection *col;
+  ProtobufCMessage *msg = NULL;
+  struct fsp_budget budget;
+  struct fsp_limits lim;
+  struct fsp_error err;
+  uint8_t service[FSP_ID_LEN];
+  const uint8_t *data;
+  int rc;
+
+  (void)argc;
+  sqlite3_result_null(ctx);
+  col = fsp_payload_by_id(sqlite3_value_int(argv[0]));
+  if (col == NULL || sqlite3_value_type(argv[1]) != SQLITE_BLOB ||
+      (want_owner ? col->owner_field : col->service_field) == NULL)
+    return;
+  data = sqlite3_value_blob(argv[1]);
+  fsp_limits_default(&lim);
+  rc = fsp_payload_decode(col, data != NULL ? data : empty,
+                          (size_t)sqlite3_value_bytes(argv[1]), &lim, &budget,
+                          &msg, &err);
+  if (rc == FSP_ENOMEM) {
+    sqlite3_result_error_nomem(ctx);
+    return;
+  }
+  if (rc != 0)
+    return;
+  if (want_owner) {
+    const char *owner = fsp_payload_owner(col, msg);
+    if (owner[0] != '\0')
+      sqlite3_result_text(ctx, owner, -1, SQLITE_TRANSIENT);
+  } else if (fsp_payload_service(col, msg, service)) {
+    sqlite3_result_blob(ctx, service, FSP_ID_LEN, SQLITE_TRANSIENT);
+  }
+  fsp_payload_free(msg, &budget);
+}
+
+/* Schema version 1 to 2, in one transaction. The new columns of existing
+ * rows are derived from the stored payloads: a record's owner and service
+ * from its newest live current version (else its newest live version),
+ * a tombstone's owner from its record. Devices revoked under version 1
+ * keep no revocation time or epoch (their sessions ended long ago). */
+static const char *const migrate_1_2_sql =
+    "ALTER TABLE devices ADD COLUMN revoked_ms INTEGER;"
+    "ALTER TABLE devices ADD COLUMN revoked_epoch INTEGER;"
+    "ALTER TABLE devices ADD COLUMN replica_id BLOB;"
+    "ALTER TABLE devices ADD COLUMN last_seen_ms INTEGER;"
+    "CREATE INDEX devices_revoked ON devices(revoked_epoch);"
+    "ALTER TABLE records ADD COLUMN owner TEXT;"
+    "ALTER TABLE records ADD COLUMN service_id BLOB;"
+    "ALTER TABLE versions ADD COLUMN owner TEXT;"
+    "UPDATE versions SET owner = srv_payload_owner(collection, payload) "
+    "  WHERE deleted = 0;"
+    "UPDATE records SET "
+    "  owner = (SELECT v.owner FROM versions v WHERE v.record = records.id "
+    "    AND v.deleted = 0 ORDER BY v.current DESC, v.seq DESC LIMIT 1),"
+    "  service_id = (SELECT srv_payload_service(v.collection, v.payload) "
+    "    FROM versions v WHERE v.record = records.id AND v.deleted = 0 "
+    "    ORDER BY v.current DESC, v.seq DESC LIMIT 1);"
+    "UPDATE versions SET owner = (SELECT r.owner FROM records r "
+    "  WHERE r.id = versions.record) WHERE deleted = 1;"
+    /* Then what version 2 adds outright, as schema_sql makes it. */
+    SCOPE_INDEX_SQL ";" ASSIGNMENTS_SQL ";"
+    "INSERT INTO meta(key, value) VALUES('auth_epoch', 0);"
+    "PRAGMA user_version = 2;";
+
+/* Upgrades a version 1 database to this version under the write lock;
+ * another process may have done it meanwhile, which is checked under the
+ * lock. *version gets the version found afterwards. */
+static int migrate(sqlite3 *db, const char *path, int64_t *version, char *err,
+                   size_t errlen) {
+  char what[160];
+  int rc;
+
+  if (sqlite3_create_function_v2(
+          db, "srv_payload_owner", 2, SQLITE_UTF8 | SQLITE_DETERMINISTIC,
+          (void *)1, sql_payload_fact, NULL, NULL, NULL) != SQLITE_OK ||
+      sqlite3_create_function_v2(
+          db, "srv_payload_service", 2, SQLITE_UTF8 | SQLITE_DETERMINISTIC,
+          NULL, sql_payload_fact, NULL, NULL, NULL) != SQLITE_OK) {
+    snprintf(err, errlen, "%s: upgrading the schema: %s", path,
+             sqlite3_errmsg(db));
+    return SRV_STORE_ENOMEM;
+  }
+  snprintf(what, sizeof(what),
+           "%.100s: upgrading the server database from schema version 1", path);
+  rc = exec_sql(db, "BEGIN IMMEDIATE", err, errlen, what);
+  if (rc != 0)
+    return rc;
+  rc = query_int(db, "PRAGMA user_version", version, err, errlen);
+  if (rc == 0 && *version == 1) {
+    rc = exec_sql(db, migrate_1_2_sql, err, errlen, what);
+    if (rc == 0)
+      rc = exec_sql(db, "COMMIT", err, errlen, what);
+    if (rc == 0)
+      *version = 2;
+  } else if (rc == 0) {
+    rc = exec_sql(db, "COMMIT", err, errlen, what);
+  }
+  if (rc != 0)
+    sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+  return rc;
+}
+
 /* Says what a foreign database looks like, for the error message. */
 static const char *foreign_hint(sqlite3 *db) {
   sqlite3_stmt *st = NULL;
@@ -541,6 +781,11 @@ static int setup(sqlite3 *db, const char *path, uint8_t id[FSP_ID_LEN],
     snprintf(err, errlen, "%s: not a fieldsync server database (%s)", path,
              foreign_hint(db));
     return SRV_STORE_ECORRUPT;
+  }
+  if (version == 1) {
+    rc = migrate(db, path, &version, err, errlen);
+    if (rc != 0)
+      return rc;
   }
   if (version != SRV_SCHEMA_VERSION) {
     snprintf(err, errlen,
@@ -703,6 +948,89 @@ static bool name_valid(const char *name) {
   return true;
 }
 
+/* Undoes the open transaction or savepoint of write_begin. Errors are
+ * ignored: the caller is already failing with a better message. */
+static void write_abort(struct srv_store_conn *c, bool outer) {
+  char keep[sizeof(c->errmsg)];
+
+  if (!outer) {
+    savepoint_abort(c);
+    return;
+  }
+  if (sqlite3_get_autocommit(c->db))
+    return;
+  memcpy(keep, c->errmsg, sizeof(keep));
+  run(c, ST_ROLLBACK, "rolling back");
+  memcpy(c->errmsg, keep, sizeof(keep));
+}
+
+/* Starts an operator's (or a handshake's) write: BEGIN IMMEDIATE when c
+ * has no transaction open, so the write lock is taken (waiting up to the
+ * busy timeout) before anything is read and a read-then-write never fails
+ * on a snapshot another writer moved; else a savepoint in the caller's
+ * transaction. *outer says which, for write_commit / write_abort. */
+static int write_begin(struct srv_store_conn *c, bool *outer) {
+  *outer = sqlite3_get_autocommit(c->db) != 0;
+  return run(c, *outer ? ST_BEGIN : ST_SAVEPOINT, "starting a transaction");
+}
+
+static int write_commit(struct srv_store_conn *c, bool outer) {
+  int rc = run(c, outer ? ST_COMMIT : ST_RELEASE, "committing");
+
+  if (rc != 0)
+    write_abort(c, outer);
+  return rc;
+}
+
+/* A user by name: live ones only unless any. ENOTFOUND (with a message)
+ * when there is none. role and deleted may be NULL. */
+static int find_user(struct srv_store_conn *c, const char *name, bool any,
+                     int64_t *id, int *role, bool *deleted) {
+  sqlite3_stmt *st;
+  int rc;
+
+  if (!name_valid(name))
+    return set_err(c, SRV_STORE_ENOTFOUND, "no such user");
+  rc = get_stmt(c, any ? ST_USER_ANY : ST_USER_FIND, &st);
+  if (rc != 0)
+    return rc;
+  sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+  rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
+    *id = sqlite3_column_int64(st, 0);
+    if (role != NULL)
+      *role = sqlite3_column_int(st, 1);
+    if (deleted != NULL)
+      *deleted = any && sqlite3_column_int(st, 2) != 0;
+    rc = 0;
+  } else if (rc == SQLITE_DONE) {
+    rc = set_err(c, SRV_STORE_ENOTFOUND, "no user %s", name);
+  } else {
+    rc = sql_err(c, rc, "looking a user up");
+  }
+  sqlite3_reset(st);
+  return rc;
+}
+
+/* Steps the auth epoch inside the caller's write; *epoch gets the new one. */
+static int next_epoch(struct srv_store_conn *c, int64_t *epoch) {
+  sqlite3_stmt *st;
+  int rc = get_stmt(c, ST_EPOCH, &st);
+
+  if (rc != 0)
+    return rc;
+  rc = sqlite3_step(st);
+  *epoch = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) + 1 : 1;
+  sqlite3_reset(st);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+    return sql_err(c, rc, "reading the auth epoch");
+  rc = get_stmt(c, ST_EPOCH_SET, &st);
+  if (rc != 0)
+    return rc;
+  sqlite3_bind_int64(st, 1, *epoch);
+  return step_done(c, st, "stepping the auth epoch");
+}
+
 int srv_store_user_add(struct srv_store_conn *c, const char *name, int role) {
   sqlite3_stmt *st;
   int rc;
@@ -729,6 +1057,79 @@ int srv_store_user_add(struct srv_store_conn *c, const char *name, int role) {
   return 0;
 }
 
+int srv_store_user_delete(struct srv_store_conn *c, const char *name) {
+  sqlite3_stmt *st;
+  int64_t user_id;
+  int64_t epoch;
+  bool outer;
+  int rc;
+
+  if (!name_valid(name))
+    return set_err(c, SRV_STORE_ENOTFOUND, "no such user");
+  rc = write_begin(c, &outer);
+  if (rc != 0)
+    return rc;
+  rc = find_user(c, name, false, &user_id, NULL, NULL);
+  if (rc == SRV_STORE_ENOTFOUND)
+    set_err(c, rc, "no user %s (or it was deleted already)", name);
+  if (rc == 0)
+    rc = next_epoch(c, &epoch);
+  if (rc == 0)
+    rc = get_stmt(c, ST_USER_DELETE, &st);
+  if (rc == 0) {
+    sqlite3_bind_int64(st, 1, user_id);
+    rc = step_done(c, st, "deleting a user");
+  }
+  if (rc == 0)
+    rc = get_stmt(c, ST_USER_REVOKE, &st);
+  if (rc == 0) {
+    sqlite3_bind_int64(st, 1, user_id);
+    sqlite3_bind_int64(st, 2, now_ms());
+    sqlite3_bind_int64(st, 3, epoch);
+    rc = step_done(c, st, "revoking a user's devices");
+  }
+  if (rc != 0) {
+    write_abort(c, outer);
+    return rc;
+  }
+  return write_commit(c, outer);
+}
+
+int srv_store_user_list(struct srv_store_conn *c,
+                        int (*cb)(const char *name, int role, bool deleted,
+                                  int64_t created_ms, void *data),
+                        void *data) {
+  sqlite3_stmt *st = NULL;
+  int rc = sqlite3_prepare_v2(c->db,
+                              "SELECT name, role, deleted, created_ms FROM "
+                              "users ORDER BY name",
+                              -1, &st, NULL);
+
+  if (rc != SQLITE_OK) {
+    rc = sql_err(c, rc, "listing users");
+    goto done;
+  }
+  for (;;) {
+    const unsigned char *name;
+    int r;
+
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW)
+      break;
+    name = sqlite3_column_text(st, 0);
+    r = cb(name != NULL ? (const char *)name : "", sqlite3_column_int(st, 1),
+           sqlite3_column_int(st, 2) != 0, sqlite3_column_int64(st, 3), data);
+    if (r != 0) {
+      rc = r;
+      goto done;
+    }
+  }
+  rc = rc == SQLITE_DONE ? 0 : sql_err(c, rc, "listing users");
+done:
+  sqlite3_finalize(st);
+  return rc;
+}
+
 int srv_store_device_add(struct srv_store_conn *c, const char *user,
                          char token_out[SRV_TOKEN_LEN + 1],
                          int64_t *device_id) {
@@ -737,6 +1138,8 @@ int srv_store_device_add(struct srv_store_conn *c, const char *user,
   char token[SRV_TOKEN_LEN + 1];
   sqlite3_stmt *st;
   int64_t user_id;
+  int64_t id = 0;
+  bool outer;
   int rc;
 
   token_out[0] = '\0';
@@ -746,52 +1149,274 @@ int srv_store_device_add(struct srv_store_conn *c, const char *user,
     return set_err(c, SRV_STORE_EIO, "no secure random source for a token");
   memcpy(token, SRV_TOKEN_PREFIX, 4);
   hex_encode(raw, sizeof(raw), token + 4);
-  if (token_hash(token, SRV_TOKEN_LEN, hash) != 0)
-    return set_err(c, SRV_STORE_EIO, "SHA-256 failed (OpenSSL)");
-  rc = run(c, ST_SAVEPOINT, "starting a savepoint");
-  if (rc != 0)
-    return rc;
-  rc = get_stmt(c, ST_USER_FIND, &st);
-  if (rc != 0)
-    goto fail;
-  sqlite3_bind_text(st, 1, user, -1, SQLITE_STATIC);
-  rc = sqlite3_step(st);
-  if (rc == SQLITE_DONE) {
-    sqlite3_reset(st);
-    rc = set_err(c, SRV_STORE_ENOTFOUND, "no user %s", user);
-    goto fail;
+  if (token_hash(token, SRV_TOKEN_LEN, hash) != 0) {
+    rc = set_err(c, SRV_STORE_EIO, "SHA-256 failed (OpenSSL)");
+    goto out;
   }
-  if (rc != SQLITE_ROW) {
-    rc = sql_err(c, rc, "looking a user up");
-    sqlite3_reset(st);
-    goto fail;
+  rc = write_begin(c, &outer);
+  if (rc != 0)
+    goto out;
+  rc = find_user(c, user, false, &user_id, NULL, NULL);
+  if (rc == 0)
+    rc = get_stmt(c, ST_DEVICE_ADD, &st);
+  if (rc == 0) {
+    sqlite3_bind_int64(st, 1, user_id);
+    sqlite3_bind_blob(st, 2, hash, sizeof(hash), SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, now_ms());
+    rc = step_done(c, st, "adding a device");
+    id = sqlite3_last_insert_rowid(c->db);
   }
-  user_id = sqlite3_column_int64(st, 0);
-  sqlite3_reset(st);
-  rc = get_stmt(c, ST_DEVICE_ADD, &st);
+  if (rc != 0) {
+    write_abort(c, outer);
+    goto out;
+  }
+  rc = write_commit(c, outer);
   if (rc != 0)
-    goto fail;
-  sqlite3_bind_int64(st, 1, user_id);
-  sqlite3_bind_blob(st, 2, hash, sizeof(hash), SQLITE_STATIC);
-  sqlite3_bind_int64(st, 3, now_ms());
-  rc = step_done(c, st, "adding a device");
-  if (rc != 0)
-    goto fail;
+    goto out;
   if (device_id != NULL)
-    *device_id = sqlite3_last_insert_rowid(c->db);
-  rc = run(c, ST_RELEASE, "committing a device");
-  if (rc != 0)
-    goto fail;
+    *device_id = id;
   memcpy(token_out, token, sizeof(token));
-  OPENSSL_cleanse(token, sizeof(token));
-  OPENSSL_cleanse(raw, sizeof(raw));
-  return 0;
-fail:
-  savepoint_abort(c);
+out:
   OPENSSL_cleanse(token, sizeof(token));
   OPENSSL_cleanse(raw, sizeof(raw));
   return rc;
 }
+
+int srv_store_device_list(struct srv_store_conn *c, const char *user,
+                          int (*cb)(const struct srv_device_info *, void *),
+                          void *data) {
+  struct srv_device_info d;
+  sqlite3_stmt *st = NULL;
+  int64_t user_id = 0;
+  int rc;
+
+  if (user != NULL) {
+    rc = find_user(c, user, true, &user_id, NULL, NULL);
+    if (rc != 0)
+      return rc;
+  }
+  rc = sqlite3_prepare_v2(
+      c->db,
+      "SELECT d.id, u.name, u.role, u.deleted, d.created_ms, d.revoked, "
+      "d.revoked_ms, d.replica_id, d.last_seen_ms "
+      "FROM devices d JOIN users u ON u.id = d.user_id "
+      "WHERE ?1 IS NULL OR d.user_id = ?1 ORDER BY d.id",
+      -1, &st, NULL);
+  if (rc != SQLITE_OK) {
+    rc = sql_err(c, rc, "listing devices");
+    goto done;
+  }
+  if (user != NULL)
+    sqlite3_bind_int64(st, 1, user_id);
+  for (;;) {
+    const unsigned char *name;
+    int r;
+
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW)
+      break;
+    name = sqlite3_column_text(st, 1);
+    memset(&d, 0, sizeof(d));
+    d.id = sqlite3_column_int64(st, 0);
+    snprintf(d.user, sizeof(d.user), "%s",
+             name != NULL ? (const char *)name : "");
+    d.role = sqlite3_column_int(st, 2);
+    d.user_deleted = sqlite3_column_int(st, 3) != 0;
+    d.created_ms = sqlite3_column_int64(st, 4);
+    d.revoked = sqlite3_column_int(st, 5) != 0;
+    d.revoked_ms = d.revoked ? sqlite3_column_int64(st, 6) : 0;
+    d.bound = sqlite3_column_bytes(st, 7) == FSP_ID_LEN;
+    if (d.bound)
+      memcpy(d.replica, sqlite3_column_blob(st, 7), FSP_ID_LEN);
+    d.last_seen_ms = sqlite3_column_int64(st, 8);
+    r = cb(&d, data);
+    if (r != 0) {
+      rc = r;
+      goto done;
+    }
+  }
+  rc = rc == SQLITE_DONE ? 0 : sql_err(c, rc, "listing devices");
+done:
+  sqlite3_finalize(st);
+  return rc;
+}
+
+int srv_store_device_revoke(struct srv_store_conn *c, int64_t device_id) {
+  sqlite3_stmt *st;
+  int64_t epoch;
+  bool outer;
+  int rc;
+
+  rc = write_begin(c, &outer);
+  if (rc != 0)
+    return rc;
+  rc = get_stmt(c, ST_DEVICE_GET, &st);
+  if (rc != 0)
+    goto fail;
+  sqlite3_bind_int64(st, 1, device_id);
+  rc = sqlite3_step(st);
+  if (rc == SQLITE_DONE) {
+    sqlite3_reset(st);
+    rc =
+        set_err(c, SRV_STORE_ENOTFOUND, "no device %lld", (long long)device_id);
+    goto fail;
+  }
+  if (rc != SQLITE_ROW) {
+    rc = sql_err(c, rc, "looking a device up");
+    sqlite3_reset(st);
+    goto fail;
+  }
+  if (sqlite3_column_int(st, 0) != 0) {
+    sqlite3_reset(st);
+    return write_commit(c, outer); /* revoked already: nothing changes */
+  }
+  sqlite3_reset(st);
+  rc = next_epoch(c, &epoch);
+  if (rc == 0)
+    rc = get_stmt(c, ST_DEVICE_REVOKE, &st);
+  if (rc != 0)
+    goto fail;
+  sqlite3_bind_int64(st, 1, device_id);
+  sqlite3_bind_int64(st, 2, now_ms());
+  sqlite3_bind_int64(st, 3, epoch);
+  rc = step_done(c, st, "revoking a device");
+  if (rc != 0)
+    goto fail;
+  return write_commit(c, outer);
+fail:
+  write_abort(c, outer);
+  return rc;
+}
+
+/* ---- visit teams ------------------------------------------------------- */
+
+int srv_store_assign(struct srv_store_conn *c, const uint8_t visit[16],
+                     const char *user, int64_t until_ms) {
+  sqlite3_stmt *st;
+  int64_t user_id;
+  int role = 0;
+  bool outer;
+  int rc;
+
+  if (visit == NULL || until_ms < 0)
+    return set_err(c, SRV_STORE_EINVAL, "bad visit id or end time");
+  if (!name_valid(user))
+    return set_err(c, SRV_STORE_ENOTFOUND, "no such user");
+  rc = write_begin(c, &outer);
+  if (rc != 0)
+    return rc;
+  rc = find_user(c, user, false, &user_id, &role, NULL);
+  if (rc == 0 && role == FIELDSYNC__ROLE__ROLE_HEAD_OFFICE)
+    rc = set_err(c, SRV_STORE_EINVAL,
+                 "%s is head_office: head office sees every visit and is "
+                 "never assigned",
+                 user);
+  if (rc == 0)
+    rc = get_stmt(c, ST_ASSIGN, &st);
+  if (rc == 0) {
+    sqlite3_bind_blob(st, 1, visit, FSP_ID_LEN, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, user_id);
+    if (until_ms > 0)
+      sqlite3_bind_int64(st, 3, until_ms);
+    sqlite3_bind_int64(st, 4, now_ms());
+    rc = step_done(c, st, "assigning a visit");
+  }
+  if (rc != 0) {
+    write_abort(c, outer);
+    return rc;
+  }
+  return write_commit(c, outer);
+}
+
+int srv_store_unassign(struct srv_store_conn *c, const uint8_t visit[16],
+                       const char *user) {
+  char hex[2 * FSP_ID_LEN + 1];
+  sqlite3_stmt *st;
+  int64_t user_id;
+  bool outer;
+  int rc;
+
+  if (visit == NULL)
+    return set_err(c, SRV_STORE_EINVAL, "no visit id");
+  if (!name_valid(user))
+    return set_err(c, SRV_STORE_ENOTFOUND, "no such user");
+  rc = write_begin(c, &outer);
+  if (rc != 0)
+    return rc;
+  rc = find_user(c, user, true, &user_id, NULL, NULL);
+  if (rc == 0)
+    rc = get_stmt(c, ST_UNASSIGN, &st);
+  if (rc == 0) {
+    sqlite3_bind_int64(st, 1, user_id);
+    sqlite3_bind_blob(st, 2, visit, FSP_ID_LEN, SQLITE_STATIC);
+    rc = step_done(c, st, "ending an assignment");
+  }
+  if (rc == 0 && sqlite3_changes(c->db) == 0) {
+    hex_encode(visit, FSP_ID_LEN, hex);
+    rc = set_err(c, SRV_STORE_ENOTFOUND, "visit %s is not assigned to %s", hex,
+                 user);
+  }
+  if (rc != 0) {
+    write_abort(c, outer);
+    return rc;
+  }
+  return write_commit(c, outer);
+}
+
+int srv_store_assignment_list(struct srv_store_conn *c, const char *user,
+                              int (*cb)(const struct srv_assignment *, void *),
+                              void *data) {
+  struct srv_assignment a;
+  sqlite3_stmt *st = NULL;
+  int64_t user_id = 0;
+  int rc;
+
+  if (user != NULL) {
+    rc = find_user(c, user, true, &user_id, NULL, NULL);
+    if (rc != 0)
+      return rc;
+  }
+  rc = sqlite3_prepare_v2(
+      c->db,
+      "SELECT a.visit_id, u.name, u.role, a.until_ms, a.created_ms "
+      "FROM assignments a JOIN users u ON u.id = a.user_id "
+      "WHERE ?1 IS NULL OR a.user_id = ?1 ORDER BY u.name, a.visit_id",
+      -1, &st, NULL);
+  if (rc != SQLITE_OK) {
+    rc = sql_err(c, rc, "listing assignments");
+    goto done;
+  }
+  if (user != NULL)
+    sqlite3_bind_int64(st, 1, user_id);
+  for (;;) {
+    const unsigned char *name;
+    int r;
+
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW)
+      break;
+    name = sqlite3_column_text(st, 1);
+    memset(&a, 0, sizeof(a));
+    if (sqlite3_column_bytes(st, 0) == FSP_ID_LEN)
+      memcpy(a.visit, sqlite3_column_blob(st, 0), FSP_ID_LEN);
+    snprintf(a.user, sizeof(a.user), "%s",
+             name != NULL ? (const char *)name : "");
+    a.role = sqlite3_column_int(st, 2);
+    a.until_ms = sqlite3_column_int64(st, 3); /* NULL reads as 0 */
+    a.created_ms = sqlite3_column_int64(st, 4);
+    r = cb(&a, data);
+    if (r != 0) {
+      rc = r;
+      goto done;
+    }
+  }
+  rc = rc == SQLITE_DONE ? 0 : sql_err(c, rc, "listing assignments");
+done:
+  sqlite3_finalize(st);
+  return rc;
+}
+
+/* ---- authentication ---------------------------------------------------- */
 
 /* True when token has the shape of one we issue: "fst_" + 48 lowercase
  * hex digits. */
@@ -808,17 +1433,80 @@ static bool token_shape_ok(const char *token) {
   return token[SRV_TOKEN_LEN] == '\0';
 }
 
+/* Binds device id to replica (its first successful handshake). Another
+ * handshake may have bound it meanwhile: then the binding it made must be
+ * this replica, else EMISMATCH. A failure to write fails the handshake:
+ * the binding is what stops a copied token later. */
+static int bind_replica(struct srv_store_conn *c, int64_t id,
+                        const uint8_t replica[16]) {
+  sqlite3_stmt *st;
+  int rc = get_stmt(c, ST_BIND, &st);
+
+  if (rc != 0)
+    return rc;
+  sqlite3_bind_int64(st, 1, id);
+  sqlite3_bind_blob(st, 2, replica, FSP_ID_LEN, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 3, now_ms());
+  rc = step_done(c, st, "binding a device to its replica");
+  if (rc != 0 || sqlite3_changes(c->db) == 1)
+    return rc;
+  rc = get_stmt(c, ST_DEVICE_REPLICA, &st);
+  if (rc != 0)
+    return rc;
+  sqlite3_bind_int64(st, 1, id);
+  rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW && sqlite3_column_bytes(st, 0) == FSP_ID_LEN &&
+      memcmp(sqlite3_column_blob(st, 0), replica, FSP_ID_LEN) == 0)
+    rc = 0;
+  else if (rc == SQLITE_ROW || rc == SQLITE_DONE)
+    rc = set_err(c, SRV_STORE_EMISMATCH,
+                 "device %lld is bound to another replica (a copied token?)",
+                 (long long)id);
+  else
+    rc = sql_err(c, rc, "reading a device's replica");
+  sqlite3_reset(st);
+  return rc;
+}
+
+/* Records a handshake's time as the device's last_seen_ms, waiting only
+ * briefly for the write lock: when the writer holds it, the time is not
+ * recorded and the handshake goes on (it is operator information). */
+static int note_seen(struct srv_store_conn *c, int64_t id) {
+  sqlite3_stmt *st;
+  int rc = get_stmt(c, ST_SEEN, &st);
+
+  if (rc != 0)
+    return rc;
+  sqlite3_bind_int64(st, 1, id);
+  sqlite3_bind_int64(st, 2, now_ms());
+  sqlite3_busy_timeout(c->db, SRV_SEEN_BUSY_MS);
+  rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  sqlite3_busy_timeout(c->db, SRV_BUSY_MS);
+  if (rc == SQLITE_DONE || (rc & 0xff) == SQLITE_BUSY ||
+      (rc & 0xff) == SQLITE_LOCKED)
+    return 0;
+  return sql_err(c, rc, "recording a device's last handshake");
+}
+
 int srv_store_auth(struct srv_store_conn *c, const char *token,
-                   struct srv_identity *who) {
+                   const uint8_t replica[16], struct srv_identity *who) {
+  struct srv_identity id;
   uint8_t hash[FSP_HASH_LEN];
   const unsigned char *name;
   sqlite3_stmt *st;
+  bool bound;
   int rc;
 
   memset(who, 0, sizeof(*who));
+  memset(&id, 0, sizeof(id));
   /* The message never contains the token (PROTOCOL.md, Security). */
+  if (token == NULL || token[0] == '\0')
+    return set_err(c, SRV_STORE_ENOTFOUND, "no device token");
   if (!token_shape_ok(token))
     return set_err(c, SRV_STORE_ENOTFOUND, "malformed device token");
+  if (replica == NULL)
+    return set_err(c, SRV_STORE_EINVAL, "no replica id");
   if (token_hash(token, SRV_TOKEN_LEN, hash) != 0)
     return set_err(c, SRV_STORE_EIO, "SHA-256 failed (OpenSSL)");
   rc = get_stmt(c, ST_AUTH, &st);
@@ -839,23 +1527,217 @@ int srv_store_auth(struct srv_store_conn *c, const char *token,
     rc = set_err(c, SRV_STORE_ENOTFOUND, "unknown device token");
     goto done;
   }
+  id.device_id = sqlite3_column_int64(st, 0);
+  /* A copied token learns nothing more, not even that it was revoked: only
+   * the bound replica is told (and wipes itself). */
+  bound = sqlite3_column_bytes(st, 7) == FSP_ID_LEN;
+  if (bound && memcmp(sqlite3_column_blob(st, 7), replica, FSP_ID_LEN) != 0) {
+    rc = set_err(c, SRV_STORE_EMISMATCH,
+                 "device %lld is bound to another replica (a copied token?)",
+                 (long long)id.device_id);
+    goto done;
+  }
   if (sqlite3_column_int(st, 3) != 0) {
-    rc = set_err(c, SRV_STORE_ENOTFOUND, "device token was revoked");
+    rc = set_err(c, SRV_STORE_EREVOKED, "device %lld was revoked",
+                 (long long)id.device_id);
     goto done;
   }
   if (sqlite3_column_int(st, 6) != 0) {
-    rc = set_err(c, SRV_STORE_ENOTFOUND, "the device's user was deleted");
+    rc = set_err(c, SRV_STORE_EREVOKED, "the user of device %lld was deleted",
+                 (long long)id.device_id);
     goto done;
   }
-  who->device_id = sqlite3_column_int64(st, 0);
-  who->user_id = sqlite3_column_int64(st, 1);
+  id.user_id = sqlite3_column_int64(st, 1);
   name = sqlite3_column_text(st, 4);
-  snprintf(who->user, sizeof(who->user), "%s",
+  snprintf(id.user, sizeof(id.user), "%s",
            name != NULL ? (const char *)name : "");
-  who->role = sqlite3_column_int(st, 5);
-  rc = 0;
+  id.role = sqlite3_column_int(st, 5);
+  sqlite3_reset(st); /* ends the read before writing */
+  rc = bound ? note_seen(c, id.device_id)
+             : bind_replica(c, id.device_id, replica);
+  if (rc == 0)
+    *who = id;
+  return rc;
 done:
   sqlite3_reset(st);
+  return rc;
+}
+
+int srv_store_auth_epoch(struct srv_store_conn *c, uint64_t *epoch) {
+  sqlite3_stmt *st;
+  int rc = get_stmt(c, ST_EPOCH, &st);
+
+  *epoch = 0;
+  if (rc != 0)
+    return rc;
+  rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
+    int64_t v = sqlite3_column_int64(st, 0);
+    *epoch = v > 0 ? (uint64_t)v : 0;
+    rc = 0;
+  } else if (rc == SQLITE_DONE) {
+    rc = 0;
+  } else {
+    rc = sql_err(c, rc, "reading the auth epoch");
+  }
+  sqlite3_reset(st);
+  return rc;
+}
+
+static int id_cmp(const void *pa, const void *pb) {
+  int64_t a = *(const int64_t *)pa;
+  int64_t b = *(const int64_t *)pb;
+
+  return a < b ? -1 : a > b;
+}
+
+int srv_store_revoked_since(struct srv_store_conn *c, uint64_t epoch,
+                            int64_t **ids, size_t *n) {
+  sqlite3_stmt *st;
+  int64_t *v = NULL;
+  size_t cap = 0;
+  size_t k = 0;
+  int rc;
+
+  *ids = NULL;
+  *n = 0;
+  if (epoch >= (uint64_t)INT64_MAX)
+    return 0;
+  rc = get_stmt(c, ST_REVOKED_SINCE, &st);
+  if (rc != 0)
+    return rc;
+  sqlite3_bind_int64(st, 1, (sqlite3_int64)epoch);
+  for (;;) {
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW)
+      break;
+    if (k == cap) {
+      size_t ncap = cap == 0 ? 8 : cap * 2;
+      int64_t *nv = fsp_realloc(v, ncap * sizeof(*nv));
+      if (nv == NULL) {
+        rc = set_err(c, SRV_STORE_ENOMEM, "out of memory");
+        goto fail;
+      }
+      v = nv;
+      cap = ncap;
+    }
+    v[k++] = sqlite3_column_int64(st, 0);
+  }
+  if (rc != SQLITE_DONE) {
+    rc = sql_err(c, rc, "reading revoked devices");
+    goto fail;
+  }
+  sqlite3_reset(st);
+  if (k > 1)
+    qsort(v, k, sizeof(*v), id_cmp);
+  *ids = v;
+  *n = k;
+  return 0;
+fail:
+  sqlite3_reset(st);
+  fsp_free(v);
+  return rc;
+}
+
+/* ---- scopes ------------------------------------------------------------ */
+
+static int scope_cmp(const void *pa, const void *pb) {
+  const struct srv_scope *a = pa;
+  const struct srv_scope *b = pb;
+
+  return fsp_scope_cmp(a->kind, a->id, b->kind, b->id);
+}
+
+/* True when the sorted set (v, n) holds (kind, id). */
+static bool scope_in(const struct srv_scope *v, size_t n, int kind,
+                     const uint8_t *id) {
+  struct srv_scope key;
+
+  if (n == 0)
+    return false;
+  key.kind = kind;
+  memcpy(key.id, id, FSP_ID_LEN);
+  return bsearch(&key, v, n, sizeof(*v), scope_cmp) != NULL;
+}
+
+/* Appends a scope to (*v, *n, *cap). */
+static int scope_push(struct srv_store_conn *c, struct srv_scope **v, size_t *n,
+                      size_t *cap, int kind, const void *id) {
+  if (*n == *cap) {
+    size_t ncap = *cap == 0 ? 8 : *cap * 2;
+    struct srv_scope *nv = fsp_realloc(*v, ncap * sizeof(*nv));
+    if (nv == NULL)
+      return set_err(c, SRV_STORE_ENOMEM, "out of memory");
+    *v = nv;
+    *cap = ncap;
+  }
+  (*v)[*n].kind = kind;
+  memcpy((*v)[*n].id, id, FSP_ID_LEN);
+  (*n)++;
+  return 0;
+}
+
+int srv_store_scopes(struct srv_store_conn *c, const struct srv_identity *who,
+                     int64_t now, struct srv_scope **out, size_t *n,
+                     bool *all) {
+  struct srv_scope *v = NULL;
+  sqlite3_stmt *st;
+  size_t k = 0;
+  size_t cap = 0;
+  size_t i;
+  size_t j;
+  int rc;
+
+  *out = NULL;
+  *n = 0;
+  *all = false;
+  if (who == NULL || who->role == FIELDSYNC__ROLE__ROLE_HEAD_OFFICE) {
+    *all = true;
+    return 0;
+  }
+  if (who->role != FIELDSYNC__ROLE__ROLE_INSPECTOR &&
+      who->role != FIELDSYNC__ROLE__ROLE_EXPERT)
+    return 0; /* an unknown role sees nothing */
+  rc = get_stmt(c, ST_SCOPES, &st);
+  if (rc != 0)
+    return rc;
+  sqlite3_bind_int64(st, 1, who->user_id);
+  sqlite3_bind_int64(st, 2, now);
+  for (;;) {
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW)
+      break;
+    if (sqlite3_column_bytes(st, 0) != FSP_ID_LEN)
+      continue;
+    rc = scope_push(c, &v, &k, &cap, FIELDSYNC__SCOPE_KIND__SCOPE_VISIT,
+                    sqlite3_column_blob(st, 0));
+    if (rc == 0 && who->role == FIELDSYNC__ROLE__ROLE_INSPECTOR &&
+        sqlite3_column_bytes(st, 1) == FSP_ID_LEN)
+      rc = scope_push(c, &v, &k, &cap, FIELDSYNC__SCOPE_KIND__SCOPE_SERVICE,
+                      sqlite3_column_blob(st, 1));
+    if (rc != 0)
+      goto fail;
+  }
+  if (rc != SQLITE_DONE) {
+    rc = sql_err(c, rc, "reading assignments");
+    goto fail;
+  }
+  sqlite3_reset(st);
+  if (k > 1)
+    qsort(v, k, sizeof(*v), scope_cmp);
+  for (i = 0, j = 0; i < k; i++)
+    if (j == 0 || scope_cmp(&v[j - 1], &v[i]) != 0)
+      v[j++] = v[i];
+  *out = v;
+  *n = j;
+  if (j == 0) {
+    fsp_free(v);
+    *out = NULL;
+  }
+  return 0;
+fail:
+  sqlite3_reset(st);
+  fsp_free(v);
   return rc;
 }
 
@@ -1024,10 +1906,14 @@ struct record_row {
   int collection;
   int scope_kind;
   uint8_t scope_id[FSP_ID_LEN];
+  bool owned; /* its owner is the pushing user */
+  bool has_service; /* a visit's stored service */
+  uint8_t service[FSP_ID_LEN];
 };
 
+/* Reads record id; user (may be NULL) is the pushing user, for owned. */
 static int load_record(struct srv_store_conn *c, const uint8_t *id,
-                       struct record_row *r) {
+                       const char *user, struct record_row *r) {
   sqlite3_stmt *st;
   int rc;
 
@@ -1036,6 +1922,8 @@ static int load_record(struct srv_store_conn *c, const uint8_t *id,
   if (rc != 0)
     return rc;
   sqlite3_bind_blob(st, 1, id, FSP_ID_LEN, SQLITE_STATIC);
+  if (user != NULL)
+    sqlite3_bind_text(st, 2, user, -1, SQLITE_STATIC);
   rc = sqlite3_step(st);
   if (rc == SQLITE_ROW) {
     r->exists = true;
@@ -1043,6 +1931,11 @@ static int load_record(struct srv_store_conn *c, const uint8_t *id,
     r->scope_kind = sqlite3_column_int(st, 1);
     if (sqlite3_column_bytes(st, 2) == FSP_ID_LEN)
       memcpy(r->scope_id, sqlite3_column_blob(st, 2), FSP_ID_LEN);
+    r->owned = sqlite3_column_int(st, 3) != 0;
+    if (sqlite3_column_bytes(st, 4) == FSP_ID_LEN) {
+      r->has_service = true;
+      memcpy(r->service, sqlite3_column_blob(st, 4), FSP_ID_LEN);
+    }
     rc = 0;
   } else if (rc == SQLITE_DONE) {
     rc = 0;
@@ -1082,11 +1975,20 @@ static int find_version(struct srv_store_conn *c, const Fieldsync__Change *ch,
   return rc;
 }
 
-/* Stores ch's version in the history; vector in c->vvbuf (len bytes). */
+/* What the payload of a live version says beyond its scope. */
+struct payload_facts {
+  const char *owner; /* "" for none; belongs to the decoded payload */
+  bool has_service;
+  uint8_t service[FSP_ID_LEN];
+};
+
+/* Stores ch's version in the history; vector in c->vvbuf (len bytes). A
+ * tombstone's owner is its record's (the statement reads it). */
 static int insert_version(struct srv_store_conn *c,
                           const struct srv_identity *who,
                           const Fieldsync__Change *ch, size_t len, bool deleted,
-                          bool current, int64_t received) {
+                          bool current, int64_t received,
+                          const struct payload_facts *pf) {
   const Fieldsync__Version *v = ch->version;
   sqlite3_stmt *st;
   int rc;
@@ -1117,6 +2019,8 @@ static int insert_version(struct srv_store_conn *c,
   }
   sqlite3_bind_int64(st, 13, received);
   sqlite3_bind_int(st, 14, current ? 1 : 0);
+  if (!deleted && pf->owner[0] != '\0')
+    sqlite3_bind_text(st, 15, pf->owner, -1, SQLITE_STATIC);
   return step_done(c, st, "storing a version");
 }
 
@@ -1130,8 +2034,11 @@ static int supersede(struct srv_store_conn *c, int64_t seq) {
   return step_done(c, st, "superseding a version");
 }
 
+/* Writes the record row after a version of it became current: its scope,
+ * and unless the version is a tombstone its owner and (visits) service. */
 static int upsert_record(struct srv_store_conn *c, const Fieldsync__Change *ch,
-                         bool reuse) {
+                         bool reuse, bool deleted,
+                         const struct payload_facts *pf) {
   sqlite3_stmt *st;
   int rc = get_stmt(c, ST_UPSERT_RECORD, &st);
 
@@ -1142,37 +2049,48 @@ static int upsert_record(struct srv_store_conn *c, const Fieldsync__Change *ch,
   sqlite3_bind_int(st, 3, (int)ch->scope->kind);
   sqlite3_bind_blob(st, 4, ch->scope->id.data, FSP_ID_LEN, SQLITE_STATIC);
   sqlite3_bind_int(st, 5, reuse ? 1 : 0);
+  if (!deleted && pf->owner[0] != '\0')
+    sqlite3_bind_text(st, 6, pf->owner, -1, SQLITE_STATIC);
+  if (!deleted && pf->has_service)
+    sqlite3_bind_blob(st, 7, pf->service, FSP_ID_LEN, SQLITE_STATIC);
+  sqlite3_bind_int(st, 8, deleted ? 1 : 0);
   return step_done(c, st, "writing a record");
 }
 
 /* Checks a non-tombstone's payload: it decodes as its collection and its
- * derived scope is the change's scope. Returns 0 (o refused or not) or a
- * store error. */
+ * derived scope is the change's scope. On success *msg is the decoded
+ * payload (free with fsp_payload_free(*msg, budget)), from which the
+ * caller reads the owner and service; on a refusal or error it is NULL.
+ * Returns 0 (o refused or not) or a store error. */
 static int check_payload(struct srv_store_conn *c,
                          const struct fsp_collection *col,
                          const Fieldsync__Change *ch,
-                         const struct fsp_limits *lim, struct srv_outcome *o) {
+                         const struct fsp_limits *lim,
+                         struct fsp_budget *budget, ProtobufCMessage **msg,
+                         struct srv_outcome *o) {
   const Fieldsync__Version *v = ch->version;
-  ProtobufCMessage *msg = NULL;
-  struct fsp_budget budget;
   struct fsp_error err;
   uint8_t scope_id[FSP_ID_LEN];
   int kind = 0;
   int rc;
 
-  rc = fsp_payload_decode(col, v->payload.data, v->payload.len, lim, &budget,
-                          &msg, &err);
+  *msg = NULL;
+  rc = fsp_payload_decode(col, v->payload.data, v->payload.len, lim, budget,
+                          msg, &err);
   if (rc != 0)
     return refuse_fsp(c, o, &err);
-  rc = fsp_payload_scope(col, ch->key->id.data, msg, &kind, scope_id, &err);
-  fsp_payload_free(msg, &budget);
-  if (rc != 0)
-    return refuse_fsp(c, o, &err);
-  if (kind != (int)ch->scope->kind ||
-      memcmp(scope_id, ch->scope->id.data, FSP_ID_LEN) != 0)
-    return refuse(o, FIELDSYNC__ERROR_CODE__ERR_INVALID,
-                  "scope does not match the payload");
-  return 0;
+  rc = fsp_payload_scope(col, ch->key->id.data, *msg, &kind, scope_id, &err);
+  if (rc == 0 && (kind != (int)ch->scope->kind ||
+                  memcmp(scope_id, ch->scope->id.data, FSP_ID_LEN) != 0))
+    rc = refuse(o, FIELDSYNC__ERROR_CODE__ERR_INVALID,
+                "scope does not match the payload");
+  else if (rc != 0)
+    rc = refuse_fsp(c, o, &err);
+  if (rc != 0 || o->outcome != 0) {
+    fsp_payload_free(*msg, budget);
+    *msg = NULL;
+  }
+  return rc;
 }
 
 /* Checks a tombstone's scope. For a record the server holds, any scope is
@@ -1223,15 +2141,99 @@ static int take_vv(struct srv_store_conn *c, const Fieldsync__Change *ch,
   return 0;
 }
 
-/* Checks, merges and stores one change (inside the push savepoint). A
- * refused change fills o and returns 0; a store error is returned. */
-static int push_one(struct srv_store_conn *c, const struct srv_identity *who,
+/* The policy facts of one srv_store_push call: who pushes and, unless
+ * they see everything, the scopes they see (srv_store_scopes at the
+ * push's time, read once per call inside its transaction). */
+struct push_auth {
+  const struct srv_identity *who; /* NULL: no policy (tests, tools) */
+  struct srv_scope *scopes;
+  size_t nscopes;
+  bool all;
+};
+
+static const char *scope_kind_name(int kind) {
+  return kind == FIELDSYNC__SCOPE_KIND__SCOPE_SERVICE ? "service" : "visit";
+}
+
+/* Refuses o with ERR_FORBIDDEN for a scope who may not see. stored: the
+ * scope is the one of the record the server holds, not the change's. */
+static int refuse_scope(struct srv_outcome *o, const struct srv_identity *who,
+                        int kind, const uint8_t *id, bool stored) {
+  char hex[2 * FSP_ID_LEN + 1];
+
+  hex_encode(id, FSP_ID_LEN, hex);
+  if (kind == FIELDSYNC__SCOPE_KIND__SCOPE_VISIT)
+    return refuse(o, FIELDSYNC__ERROR_CODE__ERR_FORBIDDEN,
+                  "%svisit %s is not assigned to %s, or the assignment "
+                  "expired",
+                  stored ? "the record is stored under " : "", hex, who->user);
+  return refuse(o, FIELDSYNC__ERROR_CODE__ERR_FORBIDDEN,
+                "%s%s %s is not the service of a visit assigned to %s",
+                stored ? "the record is stored under " : "",
+                scope_kind_name(kind), hex, who->user);
+}
+
+/* Authorises one change for a->who (srv_policy.h, then the scopes): the
+ * operation, whether the stored record and the new version are the user's,
+ * the change's scope and the stored record's. Returns 0 (o refused or
+ * not); never a store error. */
+static int authorize(const struct push_auth *a,
+                     const struct fsp_collection *col,
+                     const Fieldsync__Change *ch, const struct record_row *rec,
+                     bool deleted, const struct payload_facts *pf,
+                     struct srv_outcome *o) {
+  const struct srv_identity *who = a->who;
+  const char *why;
+  enum srv_op op;
+  bool owns_new;
+
+  if (who == NULL)
+    return 0;
+  if (!rec->exists)
+    op = SRV_OP_CREATE;
+  else if (deleted)
+    op = SRV_OP_DELETE;
+  else
+    op = SRV_OP_UPDATE;
+  owns_new =
+      !deleted && who->user[0] != '\0' && strcmp(pf->owner, who->user) == 0;
+  why = srv_policy_write(who->role, col->id, op, rec->exists && rec->owned,
+                         owns_new);
+  if (why != NULL)
+    return refuse(o, FIELDSYNC__ERROR_CODE__ERR_FORBIDDEN, "%s", why);
+  if (a->all)
+    return 0;
+  /* An inspector's scopes follow their visits' services: moving a visit to
+   * another service would widen them, so only head office may do it. */
+  if (op == SRV_OP_UPDATE && rec->has_service &&
+      (!pf->has_service ||
+       memcmp(pf->service, rec->service, FSP_ID_LEN) != 0))
+    return refuse(o, FIELDSYNC__ERROR_CODE__ERR_FORBIDDEN,
+                  "only head office may move a visit to another service");
+  if (!scope_in(a->scopes, a->nscopes, (int)ch->scope->kind,
+                ch->scope->id.data))
+    return refuse_scope(o, who, (int)ch->scope->kind, ch->scope->id.data,
+                        false);
+  if (rec->exists &&
+      !scope_in(a->scopes, a->nscopes, rec->scope_kind, rec->scope_id))
+    return refuse_scope(o, who, rec->scope_kind, rec->scope_id, true);
+  return 0;
+}
+
+/* Checks, authorises, merges and stores one change (inside the push
+ * savepoint). A refused change fills o and returns 0; a store error is
+ * returned. */
+static int push_one(struct srv_store_conn *c, const struct push_auth *a,
                     const Fieldsync__Change *ch, const struct fsp_limits *lim,
                     int64_t received, struct srv_outcome *o) {
+  const struct srv_identity *who = a->who;
   const struct fsp_collection *col;
+  struct payload_facts pf;
   struct fsp_merge_result res;
+  struct fsp_budget budget;
   struct fsp_vref inref;
   struct record_row rec;
+  ProtobufCMessage *msg = NULL;
   size_t ncur = 0;
   size_t len = 0;
   size_t i;
@@ -1241,6 +2243,8 @@ static int push_one(struct srv_store_conn *c, const struct srv_identity *who,
   int rc;
 
   memset(o, 0, sizeof(*o));
+  memset(&pf, 0, sizeof(pf));
+  pf.owner = "";
   if (!change_shape_ok(ch))
     return refuse(o, FIELDSYNC__ERROR_CODE__ERR_INVALID,
                   "change is missing its key, scope, version or hash");
@@ -1250,40 +2254,52 @@ static int push_one(struct srv_store_conn *c, const struct srv_identity *who,
                   "unknown collection %d", (int)ch->key->collection);
   deleted = ch->version->has_deleted && ch->version->deleted;
   if (!deleted) {
-    rc = check_payload(c, col, ch, lim, o);
+    /* One decode gives the checks and the facts the policy needs. */
+    rc = check_payload(c, col, ch, lim, &budget, &msg, o);
     if (rc != 0 || o->outcome != 0)
       return rc;
+    pf.owner = fsp_payload_owner(col, msg);
+    pf.has_service = fsp_payload_service(col, msg, pf.service);
   }
-  rc = load_record(c, ch->key->id.data, &rec);
+  rc = load_record(c, ch->key->id.data, who != NULL ? who->user : NULL, &rec);
   if (rc != 0)
-    return rc;
-  if (rec.exists && rec.collection != col->id)
-    return refuse(o, FIELDSYNC__ERROR_CODE__ERR_INVALID,
-                  "record id already belongs to another collection");
+    goto done;
+  if (rec.exists && rec.collection != col->id) {
+    rc = refuse(o, FIELDSYNC__ERROR_CODE__ERR_INVALID,
+                "record id already belongs to another collection");
+    goto done;
+  }
   if (deleted) {
     rc = check_tombstone(c, col, ch, &rec, o);
     if (rc != 0 || o->outcome != 0)
-      return rc;
+      goto done;
   }
   rc = take_vv(c, ch, lim, &len, o);
   if (rc != 0 || o->outcome != 0)
-    return rc;
+    goto done;
   if (rec.exists) {
+    /* A version the server holds is answered whatever the policy says
+     * now, so a retried push stays idempotent (PROTOCOL.md, Scopes). */
     rc = find_version(c, ch, len, &found, &current);
     if (rc != 0)
-      return rc;
+      goto done;
     if (found) {
       o->outcome = current ? FIELDSYNC__OUTCOME__OUTCOME_ALREADY_KNOWN
                            : FIELDSYNC__OUTCOME__OUTCOME_STALE;
-      return 0;
+      goto done;
     }
+  }
+  rc = authorize(a, col, ch, &rec, deleted, &pf, o);
+  if (rc != 0 || o->outcome != 0)
+    goto done;
+  if (rec.exists) {
     rc = load_current(c, ch->key->id.data, &ncur);
     if (rc != 0)
-      return rc;
+      goto done;
   }
   rc = reserve_cur(c, ncur + 1);
   if (rc != 0)
-    return rc;
+    goto done;
   for (i = 0; i < ncur; i++) {
     c->refs[i].vv = &c->cur[i].vv;
     c->refs[i].hash = c->cur[i].hash;
@@ -1294,10 +2310,11 @@ static int push_one(struct srv_store_conn *c, const struct srv_identity *who,
   switch (res.outcome) {
   case FSP_MERGE_KNOWN:
     o->outcome = FIELDSYNC__OUTCOME__OUTCOME_ALREADY_KNOWN;
-    return 0;
+    goto done;
   case FSP_MERGE_STALE:
     o->outcome = FIELDSYNC__OUTCOME__OUTCOME_STALE;
-    return insert_version(c, who, ch, len, deleted, false, received);
+    rc = insert_version(c, who, ch, len, deleted, false, received, &pf);
+    goto done;
   case FSP_MERGE_CONFLICT:
     o->outcome = FIELDSYNC__OUTCOME__OUTCOME_CONFLICT;
     break;
@@ -1316,13 +2333,15 @@ static int push_one(struct srv_store_conn *c, const struct srv_identity *who,
     if (!c->keep[i]) {
       rc = supersede(c, c->cur[i].seq);
       if (rc != 0)
-        return rc;
+        goto done;
     }
   }
-  rc = insert_version(c, who, ch, len, deleted, true, received);
-  if (rc != 0)
-    return rc;
-  return upsert_record(c, ch, res.outcome == FSP_MERGE_REUSE);
+  rc = insert_version(c, who, ch, len, deleted, true, received, &pf);
+  if (rc == 0)
+    rc = upsert_record(c, ch, res.outcome == FSP_MERGE_REUSE, deleted, &pf);
+done:
+  fsp_payload_free(msg, &budget);
+  return rc;
 }
 
 /* Orders by record id, then by place in the batch, so versions of one
@@ -1346,6 +2365,7 @@ int srv_store_push(struct srv_store_conn *c, const struct srv_identity *who,
                    Fieldsync__Change *const *changes, size_t n,
                    const struct fsp_limits *lim, struct srv_outcome *out) {
   struct fsp_limits deflim;
+  struct push_auth auth;
   int64_t received = now_ms();
   size_t k;
   int rc;
@@ -1376,21 +2396,34 @@ int srv_store_push(struct srv_store_conn *c, const struct srv_identity *who,
                          : NULL;
   }
   qsort(c->order, n, sizeof(*c->order), order_cmp);
+  memset(&auth, 0, sizeof(auth));
+  auth.who = who;
+  auth.all = true;
   rc = run(c, ST_SAVEPOINT, "starting a savepoint");
   if (rc != 0)
     return rc;
+  /* The scopes are read in the push's own transaction, so no assignment
+   * can change between the check and the write. */
+  if (who != NULL) {
+    rc = srv_store_scopes(c, who, received, &auth.scopes, &auth.nscopes,
+                          &auth.all);
+    if (rc != 0)
+      goto fail;
+  }
   for (k = 0; k < n; k++) {
     size_t i = c->order[k].i;
-    rc = push_one(c, who, changes[i], lim, received, &out[i]);
+    rc = push_one(c, &auth, changes[i], lim, received, &out[i]);
     if (rc != 0)
       goto fail;
   }
   rc = run(c, ST_RELEASE, "releasing a savepoint");
   if (rc != 0)
     goto fail;
+  fsp_free(auth.scopes);
   return 0;
 fail:
   savepoint_abort(c);
+  fsp_free(auth.scopes);
   return rc;
 }
 
@@ -1528,71 +2561,436 @@ static size_t change_wire_size(const Fieldsync__Change *ch) {
   return 1 + len + n;
 }
 
-int srv_store_pull(struct srv_store_conn *c, uint64_t cursor,
-                   uint32_t max_records, size_t max_bytes,
-                   struct srv_page *page) {
+/* Appends ch to the page, or says it does not fit. Returns 0 and sets
+ * *taken, or ENOMEM. A change that would pass max_bytes is not taken
+ * (and is freed) unless the page is empty: a page holds at least one. */
+static int page_add(struct srv_store_conn *c, struct srv_page *page,
+                    size_t *cap, size_t *total, size_t max_bytes,
+                    uint32_t max_records, Fieldsync__Change *ch, bool *taken) {
+  size_t size = change_wire_size(ch);
+
+  *taken = false;
+  if (page->n > 0 && (size > max_bytes || *total > max_bytes - size)) {
+    fsp_free(ch);
+    return 0;
+  }
+  if (page->n == *cap) {
+    size_t ncap = *cap == 0 ? 16 : *cap * 2;
+    Fieldsync__Change **nc;
+    if (ncap > max_records)
+      ncap = max_records;
+    nc = fsp_realloc(page->changes, ncap * sizeof(*nc));
+    if (nc == NULL) {
+      fsp_free(ch);
+      return set_err(c, SRV_STORE_ENOMEM, "out of memory");
+    }
+    page->changes = nc;
+    *cap = ncap;
+  }
+  page->changes[page->n++] = ch;
+  *total += size;
+  *taken = true;
+  return 0;
+}
+
+/* The whole feed, for head office and for who NULL: every current version
+ * with seq > cursor. next_cursor is the last seq sent (or cursor). */
+static int pull_all(struct srv_store_conn *c, const struct srv_pull_req *req,
+                    struct srv_page *page) {
   Fieldsync__Change *ch = NULL;
   sqlite3_stmt *st;
   size_t cap = 0;
   size_t total = 0;
+  bool taken;
   int rc;
 
-  memset(page, 0, sizeof(*page));
-  page->next_cursor = cursor;
-  if (cursor >= (uint64_t)INT64_MAX)
+  if (req->cursor >= (uint64_t)INT64_MAX)
     return 0; /* no seq is that large */
   rc = get_stmt(c, ST_PULL, &st);
   if (rc != 0)
     return rc;
-  sqlite3_bind_int64(st, 1, (sqlite3_int64)cursor);
-  sqlite3_bind_int64(st, 2, (sqlite3_int64)max_records + 1);
+  sqlite3_bind_int64(st, 1, (sqlite3_int64)req->cursor);
+  sqlite3_bind_int64(st, 2, (sqlite3_int64)req->max_records + 1);
   for (;;) {
-    size_t size;
     int step = sqlite3_step(st);
 
     if (step == SQLITE_DONE)
       break;
     if (step != SQLITE_ROW) {
       rc = sql_err(c, step, "reading the change feed");
-      goto fail;
+      break;
     }
-    if (page->n == max_records) {
+    if (page->n == req->max_records) {
       page->more = true;
       break;
     }
     rc = build_change(c, st, &ch);
+    if (rc == 0)
+      rc = page_add(c, page, &cap, &total, req->max_bytes, req->max_records, ch,
+                    &taken);
     if (rc != 0)
-      goto fail;
-    size = change_wire_size(ch);
-    if (page->n > 0 && (size > max_bytes || total > max_bytes - size)) {
-      fsp_free(ch);
+      break;
+    if (!taken) {
       page->more = true; /* this row is after next_cursor */
       break;
     }
-    if (page->n == cap) {
-      size_t ncap = cap == 0 ? 16 : cap * 2;
-      Fieldsync__Change **nc;
-      if (ncap > max_records)
-        ncap = max_records;
-      nc = fsp_realloc(page->changes, ncap * sizeof(*nc));
-      if (nc == NULL) {
-        fsp_free(ch);
-        rc = set_err(c, SRV_STORE_ENOMEM, "out of memory");
-        goto fail;
-      }
-      page->changes = nc;
-      cap = ncap;
-    }
-    page->changes[page->n++] = ch;
-    total += size;
     page->next_cursor = ch->seq;
   }
   sqlite3_reset(st);
+  return rc;
+}
+
+/* One candidate of a scoped page: a current version in a visible scope,
+ * and whether who may read it. */
+struct cand {
+  int64_t seq;
+  bool readable;
+};
+
+static int cand_cmp(const void *pa, const void *pb) {
+  const struct cand *a = pa;
+  const struct cand *b = pb;
+
+  return a->seq < b->seq ? -1 : a->seq > b->seq;
+}
+
+/* Whether who may read the row (seq, collection, owner) of a scope query. */
+static bool row_readable(const struct srv_identity *who, sqlite3_stmt *st) {
+  const unsigned char *owner = sqlite3_column_text(st, 2);
+  bool own = owner != NULL && who->user[0] != '\0' &&
+             strcmp((const char *)owner, who->user) == 0;
+
+  return srv_policy_may_read(who->role, sqlite3_column_int(st, 1), own);
+}
+
+/* Outcome of filling a page from candidates. */
+enum fill_end {
+  FILL_ALL, /* every candidate was looked at */
+  FILL_FULL /* the page is full: candidates from *last on remain */
+};
+
+/* Takes the readable versions among cand[0..n) (in seq order) into the
+ * page, fetching each by seq, until max_records or max_bytes. *last gets
+ * the last seq looked at (taken or passed over as unreadable), or is left
+ * alone when none was. */
+static int fill_page(struct srv_store_conn *c, const struct srv_pull_req *req,
+                     uint32_t max_records, const struct cand *cand, size_t n,
+                     struct srv_page *page, uint64_t *last,
+                     enum fill_end *end) {
+  size_t cap = 0;
+  size_t total = 0;
+  size_t i;
+  int rc = 0;
+
+  *end = FILL_ALL;
+  for (i = 0; i < n; i++) {
+    Fieldsync__Change *ch = NULL;
+    sqlite3_stmt *st;
+    bool taken;
+    int step;
+
+    if (!cand[i].readable) {
+      *last = (uint64_t)cand[i].seq;
+      continue;
+    }
+    if (page->n == max_records) {
+      *end = FILL_FULL;
+      return 0;
+    }
+    rc = get_stmt(c, ST_VERSION_BY_SEQ, &st);
+    if (rc != 0)
+      return rc;
+    sqlite3_bind_int64(st, 1, cand[i].seq);
+    step = sqlite3_step(st);
+    if (step == SQLITE_ROW)
+      rc = build_change(c, st, &ch);
+    else if (step == SQLITE_DONE) /* cannot be: same read transaction */
+      rc = set_err(c, SRV_STORE_ECORRUPT, "version %lld vanished",
+                   (long long)cand[i].seq);
+    else
+      rc = sql_err(c, step, "reading a version");
+    sqlite3_reset(st);
+    if (rc == 0)
+      rc = page_add(c, page, &cap, &total, req->max_bytes, max_records, ch,
+                    &taken);
+    if (rc != 0)
+      return rc;
+    if (!taken) {
+      *end = FILL_FULL;
+      return 0;
+    }
+    *last = (uint64_t)cand[i].seq;
+  }
   return 0;
-fail:
-  sqlite3_reset(st);
-  srv_page_free(page);
-  page->next_cursor = cursor;
+}
+
+/* Appends a candidate to (*v, *n, *cap). */
+static int cand_push(struct srv_store_conn *c, struct cand **v, size_t *n,
+                     size_t *cap, int64_t seq, bool readable) {
+  if (*n == *cap) {
+    size_t ncap = *cap == 0 ? 64 : *cap * 2;
+    struct cand *nv = fsp_realloc(*v, ncap * sizeof(*nv));
+    if (nv == NULL)
+      return set_err(c, SRV_STORE_ENOMEM, "out of memory");
+    *v = nv;
+    *cap = ncap;
+  }
+  (*v)[*n].seq = seq;
+  (*v)[*n].readable = readable;
+  (*n)++;
+  return 0;
+}
+
+/* A backfill page of scope s (PROTOCOL.md, Scopes): the current versions
+ * of s that who may read with after < seq <= cursor, in seq order. Rows
+ * who may not read are passed over, at most max_records +
+ * SRV_BACKFILL_SKIP rows a page, so one page's work stays bounded. */
+static int pull_backfill(struct srv_store_conn *c,
+                         const struct srv_identity *who,
+                         const struct srv_pull_req *req, uint32_t max_records,
+                         const struct srv_scope *s, struct srv_page *page) {
+  struct cand *cand = NULL;
+  size_t ncand = 0;
+  size_t cap = 0;
+  uint64_t after = 0;
+  uint64_t last;
+  size_t examine = (size_t)max_records + SRV_BACKFILL_SKIP;
+  size_t readable = 0;
+  enum fill_end end;
+  sqlite3_stmt *st;
+  bool done = true;
+  int rc;
+
+  if (req->backfill != NULL && req->backfill->kind == s->kind &&
+      memcmp(req->backfill->id, s->id, FSP_ID_LEN) == 0)
+    after = req->backfill_after;
+  page->backfilling = true;
+  page->backfill = *s;
+  page->more = true;
+  page->next_cursor = req->cursor;
+  last = after;
+  if (after < req->cursor && after < (uint64_t)INT64_MAX) {
+    rc = get_stmt(c, ST_SCOPE_BACKFILL, &st);
+    if (rc != 0)
+      return rc;
+    sqlite3_bind_int(st, 1, s->kind);
+    sqlite3_bind_blob(st, 2, s->id, FSP_ID_LEN, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)after);
+    sqlite3_bind_int64(st, 4,
+                       req->cursor > (uint64_t)INT64_MAX
+                           ? INT64_MAX
+                           : (sqlite3_int64)req->cursor);
+    /* One readable row beyond max_records tells whether the page ends
+     * the backfill. */
+    for (;;) {
+      bool r;
+
+      rc = sqlite3_step(st);
+      if (rc != SQLITE_ROW)
+        break;
+      r = row_readable(who, st);
+      if (ncand == examine || (r && readable == max_records)) {
+        done = false;
+        break;
+      }
+      rc = cand_push(c, &cand, &ncand, &cap, sqlite3_column_int64(st, 0), r);
+      if (rc != 0)
+        break;
+      readable += r;
+    }
+    if (rc == SQLITE_DONE || rc == SQLITE_ROW)
+      rc = 0;
+    else if (rc > 0)
+      rc = sql_err(c, rc, "reading a backfill");
+    sqlite3_reset(st);
+    if (rc == 0)
+      rc = fill_page(c, req, max_records, cand, ncand, page, &last, &end);
+    if (rc == 0 && end == FILL_FULL)
+      done = false; /* max_bytes stopped it */
+    fsp_free(cand);
+    if (rc != 0)
+      return rc;
+  }
+  page->backfill_next = last;
+  page->backfill_done = done;
+  return 0;
+}
+
+/* The feed restricted to scopes (PROTOCOL.md, Scopes): per scope, its
+ * first max_records + 1 current versions after the cursor from the
+ * covering index; a scope that fills that limit bounds the page at its
+ * last seq (a version of another scope past it may come before that
+ * scope's next ones), and the rest are merged by seq. */
+static int pull_feed(struct srv_store_conn *c, const struct srv_identity *who,
+                     const struct srv_pull_req *req, uint32_t max_records,
+                     const struct srv_scope *scopes, size_t nscopes,
+                     struct srv_page *page) {
+  struct cand *cand = NULL;
+  size_t ncand = 0;
+  size_t cap = 0;
+  int64_t bound = INT64_MAX;
+  bool bounded = false;
+  uint64_t last = req->cursor;
+  enum fill_end end;
+  sqlite3_stmt *st;
+  size_t i;
+  size_t j;
+  int rc = 0;
+
+  page->next_cursor = req->cursor;
+  if (req->cursor >= (uint64_t)INT64_MAX)
+    return 0;
+  for (i = 0; i < nscopes && rc == 0; i++) {
+    int64_t k = 0;
+    int64_t lastseq = 0;
+
+    rc = get_stmt(c, ST_SCOPE_FEED, &st);
+    if (rc != 0)
+      break;
+    sqlite3_bind_int(st, 1, scopes[i].kind);
+    sqlite3_bind_blob(st, 2, scopes[i].id, FSP_ID_LEN, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)req->cursor);
+    sqlite3_bind_int64(st, 4, (sqlite3_int64)max_records + 1);
+    for (;;) {
+      rc = sqlite3_step(st);
+      if (rc != SQLITE_ROW)
+        break;
+      lastseq = sqlite3_column_int64(st, 0);
+      k++;
+      if (lastseq > bound)
+        continue; /* not sent this page anyway */
+      rc = cand_push(c, &cand, &ncand, &cap, lastseq, row_readable(who, st));
+      if (rc != 0)
+        break;
+    }
+    if (rc == SQLITE_DONE)
+      rc = 0;
+    else if (rc > 0)
+      rc = sql_err(c, rc, "reading the change feed");
+    sqlite3_reset(st);
+    if (rc == 0 && k == (int64_t)max_records + 1 && lastseq < bound) {
+      bound = lastseq;
+      bounded = true;
+    }
+  }
+  if (rc != 0)
+    goto done;
+  if (bounded) {
+    for (i = 0, j = 0; i < ncand; i++)
+      if (cand[i].seq <= bound)
+        cand[j++] = cand[i];
+    ncand = j;
+  }
+  if (ncand > 1)
+    qsort(cand, ncand, sizeof(*cand), cand_cmp);
+  rc = fill_page(c, req, max_records, cand, ncand, page, &last, &end);
+  if (rc != 0)
+    goto done;
+  if (end == FILL_FULL) {
+    page->next_cursor = last;
+    page->more = true;
+  } else if (bounded) {
+    page->next_cursor = (uint64_t)bound;
+    page->more = true;
+  } else {
+    /* Nothing more is due: skip to the store's last seq, so an idle
+     * device's cursor keeps up (versions of scopes it may see later come
+     * by backfill). */
+    rc = get_stmt(c, ST_MAX_SEQ, &st);
+    if (rc != 0)
+      goto done;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+      int64_t max = sqlite3_column_int64(st, 0);
+      page->next_cursor =
+          (uint64_t)max > req->cursor ? (uint64_t)max : req->cursor;
+      rc = 0;
+    } else {
+      rc = sql_err(c, rc, "reading the last seq");
+    }
+    sqlite3_reset(st);
+  }
+done:
+  fsp_free(cand);
+  return rc;
+}
+
+/* A Pull for an inspector or an expert: removals, then a backfill or the
+ * scoped feed. */
+static int pull_scoped(struct srv_store_conn *c, const struct srv_identity *who,
+                       const struct srv_pull_req *req, struct srv_page *page) {
+  struct srv_scope *scopes = NULL;
+  uint32_t max_records = req->max_records > 0 ? req->max_records : 1;
+  size_t nscopes = 0;
+  size_t i;
+  bool all = false;
+  int rc;
+
+  rc = srv_store_scopes(c, who, req->now_ms, &scopes, &nscopes, &all);
+  if (rc != 0)
+    return rc;
+  /* Held scopes no longer visible, and a half-done backfill of one: its
+   * records already on the device must go too. */
+  for (i = 0; i <= req->nheld; i++) {
+    const struct srv_scope *h = i < req->nheld ? &req->held[i] : req->backfill;
+    if (h == NULL || scope_in(scopes, nscopes, h->kind, h->id) ||
+        (i == req->nheld && scope_in(req->held, req->nheld, h->kind, h->id)))
+      continue;
+    if (page->removed == NULL) {
+      page->removed = fsp_malloc((req->nheld + 1) * sizeof(*page->removed));
+      if (page->removed == NULL) {
+        rc = set_err(c, SRV_STORE_ENOMEM, "out of memory");
+        goto done;
+      }
+    }
+    page->removed[page->nremoved++] = *h;
+  }
+  for (i = 0; i < nscopes; i++) {
+    if (!scope_in(req->held, req->nheld, scopes[i].kind, scopes[i].id)) {
+      rc = pull_backfill(c, who, req, max_records, &scopes[i], page);
+      goto done;
+    }
+  }
+  rc = pull_feed(c, who, req, max_records, scopes, nscopes, page);
+done:
+  fsp_free(scopes);
+  return rc;
+}
+
+int srv_store_pull(struct srv_store_conn *c, const struct srv_identity *who,
+                   const struct srv_pull_req *req, struct srv_page *page) {
+  bool own_txn;
+  int rc;
+
+  memset(page, 0, sizeof(*page));
+  page->next_cursor = req->cursor;
+  /* One read transaction: scopes, feed and the last seq are one snapshot. */
+  own_txn = sqlite3_get_autocommit(c->db) != 0;
+  if (own_txn) {
+    rc = run(c, ST_BEGIN_READ, "starting a read");
+    if (rc != 0)
+      return rc;
+  }
+  if (who == NULL || who->role == FIELDSYNC__ROLE__ROLE_HEAD_OFFICE)
+    rc = pull_all(c, req, page);
+  else
+    rc = pull_scoped(c, who, req, page);
+  if (own_txn) {
+    if (rc == 0) {
+      rc = run(c, ST_COMMIT, "ending a read");
+    }
+    if (rc != 0 && !sqlite3_get_autocommit(c->db)) {
+      char keep[sizeof(c->errmsg)];
+      memcpy(keep, c->errmsg, sizeof(keep));
+      run(c, ST_ROLLBACK, "ending a read");
+      memcpy(c->errmsg, keep, sizeof(keep));
+    }
+  }
+  if (rc != 0) {
+    srv_page_free(page);
+    memset(page, 0, sizeof(*page));
+    page->next_cursor = req->cursor;
+  }
   return rc;
 }
 
@@ -1604,9 +3002,12 @@ void srv_page_free(struct srv_page *page) {
   for (i = 0; i < page->n; i++)
     fsp_free(page->changes[i]); /* one block per change (build_change) */
   fsp_free(page->changes);
+  fsp_free(page->removed);
   page->changes = NULL;
   page->n = 0;
   page->more = false;
+  page->removed = NULL;
+  page->nremoved = 0;
 }
 
 /* ---- for tests and operators ------------------------------------------- */

@@ -15,8 +15,16 @@
 /* The database used without --db or $FIELDSYNC_DB. */
 #define CLI_DEFAULT_DB "./fieldsync.db"
 
-/* Exit statuses: success, a failed operation, bad usage. */
-enum { CLI_EXIT_OK = 0, CLI_EXIT_FAIL = 1, CLI_EXIT_USAGE = 2 };
+/* Exit statuses: success, a failed operation, bad usage; and for `sync`:
+ * completed but the server refused some records, and the server revoked
+ * this device (local data wiped, unacknowledged work quarantined). */
+enum {
+  CLI_EXIT_OK = 0,
+  CLI_EXIT_FAIL = 1,
+  CLI_EXIT_USAGE = 2,
+  CLI_EXIT_REFUSED = 3,
+  CLI_EXIT_REVOKED = 4
+};
 
 /* Option ids every command accepts (command-specific ids start at
  * CLI_OPT_FIRST). */
@@ -141,5 +149,11 @@ bool cli_out_record(const char *json, char *err, size_t errcap);
 /* Prints the one-line summary of a record used by `list`. Returns false
  * (message in err) when the JSON cannot be read. */
 bool cli_out_summary(const char *json, char *err, size_t errcap);
+
+/* One line of `refused` from a fieldsync_refused() JSON object, and of
+ * `quarantine list` from a fieldsync_quarantine() one. false (message in
+ * err) when the JSON cannot be read. */
+bool cli_out_refused(const char *json, char *err, size_t errcap);
+bool cli_out_quarantined(const char *json, char *err, size_t errcap);
 
 #endif

@@ -197,6 +197,8 @@ void cli_args_help(const struct cli_cmd *cmd) {
         "  -h, --help   show this help; 'fieldsync COMMAND --help' for one "
         "command\n"
         "  --version    print the tool's and the library's version\n\n"
-        "Exit status: 0 success, 1 the operation failed, 2 bad usage.\n",
+        "Exit status: 0 success, 1 the operation failed, 2 bad usage;\n"
+        "sync also 3 (the server refused some records) and 4 (the server\n"
+        "revoked this device).\n",
         f);
 }

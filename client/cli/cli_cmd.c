@@ -5,10 +5,14 @@
  * failure with the library's message. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
 
 #include "cli.h"
 
@@ -21,7 +25,9 @@ enum {
   OPT_DELETED,
   OPT_CLEAR,
   OPT_KEEP,
-  OPT_FORMAT
+  OPT_FORMAT,
+  OPT_FORCE,
+  OPT_ALL
 };
 
 /* ---- helpers ----------------------------------------------------------- */
@@ -282,9 +288,12 @@ static int cmd_show(struct cli *cli, const struct cli_args *a) {
   return ret;
 }
 
-/* State of a `list` or `conflicts` query while records arrive. */
+/* State of a listing (`list`, `conflicts`, `refused`, `quarantine`)
+ * while the library's JSON objects arrive. */
 struct list_state {
   bool json;
+  /* the readable form of one object (cli_out_summary, ...) */
+  bool (*render)(const char *json, char *err, size_t errcap);
   size_t n;
   bool write_failed;
   int write_errno;
@@ -301,7 +310,7 @@ static int list_cb(const char *json, void *data) {
       s->write_errno = errno;
       return 1;
     }
-  } else if (!cli_out_summary(json, s->err, sizeof(s->err))) {
+  } else if (!s->render(json, s->err, sizeof(s->err))) {
     return 1;
   }
   s->n++;
@@ -311,6 +320,21 @@ static int list_cb(const char *json, void *data) {
     return 1;
   }
   return 0;
+}
+
+/* Finishes a listing that the library call (its result rc) fed to list_cb:
+ * closes a JSON array, or reports why it stopped. */
+static int end_listing(struct cli *cli, const struct list_state *s, int rc) {
+  if (rc == FIELDSYNC_ECALLBACK && s->write_failed)
+    return cli_out_fail(cli, "cannot write to standard output: %s",
+                        strerror(s->write_errno));
+  if (rc == FIELDSYNC_ECALLBACK && s->err[0] != '\0')
+    return cli_out_fail(cli, "%s", s->err);
+  if (rc != 0)
+    return cli_out_libfail(cli, rc);
+  if (s->json)
+    cli_out_write(s->n > 0 ? "\n]\n" : "]\n", s->n > 0 ? 3 : 2);
+  return CLI_EXIT_OK;
 }
 
 /* Runs a query and prints its records as `list` does. */
@@ -324,19 +348,11 @@ static int run_query(struct cli *cli, const struct fieldsync_query *q,
     return ret;
   memset(&s, 0, sizeof(s));
   s.json = json;
+  s.render = cli_out_summary;
   if (json)
     cli_out_write("[", 1);
   rc = fieldsync_query(cli->db, q, list_cb, &s);
-  if (rc == FIELDSYNC_ECALLBACK && s.write_failed)
-    return cli_out_fail(cli, "cannot write to standard output: %s",
-                        strerror(s.write_errno));
-  if (rc == FIELDSYNC_ECALLBACK && s.err[0] != '\0')
-    return cli_out_fail(cli, "%s", s.err);
-  if (rc != 0)
-    return cli_out_libfail(cli, rc);
-  if (json)
-    cli_out_write(s.n > 0 ? "\n]\n" : "]\n", s.n > 0 ? 3 : 2);
-  return CLI_EXIT_OK;
+  return end_listing(cli, &s, rc);
 }
 
 static int cmd_list(struct cli *cli, const struct cli_args *a) {
@@ -488,6 +504,215 @@ static int cmd_collections(struct cli *cli, const struct cli_args *a) {
   return CLI_EXIT_OK;
 }
 
+/* ---- status, refused versions and the quarantine ----------------------- */
+
+static int cmd_status(struct cli *cli, const struct cli_args *a) {
+  struct fieldsync_counts c;
+  char hex[33];
+  int ret = cli_open_db(cli);
+  int rc;
+
+  if (ret != CLI_EXIT_OK)
+    return ret;
+  rc = fieldsync_counts(cli->db, &c);
+  if (rc != 0)
+    return cli_out_libfail(cli, rc);
+  fieldsync_replica_id(cli->db, hex);
+  if (opt_given(a, OPT_JSON)) {
+    json_t *o = json_pack(
+        "{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "replica", hex, "records",
+        (json_int_t)c.records, "conflicts", (json_int_t)c.conflicts, "pending",
+        (json_int_t)c.pending, "refused", (json_int_t)c.refused, "quarantined",
+        (json_int_t)c.quarantined, "held_scopes", (json_int_t)c.held_scopes,
+        "cursor", (json_int_t)c.cursor);
+    char *s =
+        o != NULL ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+
+    json_decref(o);
+    if (s == NULL)
+      return cli_out_fail(cli, "out of memory");
+    printf("%s\n", s);
+    free(s);
+    return CLI_EXIT_OK;
+  }
+  printf("replica: %s\nrecords: %zu\nconflicts: %zu\npending: %zu\n"
+         "refused: %zu\nquarantined: %zu\nheld_scopes: %zu\ncursor: %llu\n",
+         hex, c.records, c.conflicts, c.pending, c.refused, c.quarantined,
+         c.held_scopes, (unsigned long long)c.cursor);
+  return CLI_EXIT_OK;
+}
+
+static int cmd_refused(struct cli *cli, const struct cli_args *a) {
+  struct list_state s;
+  int ret = cli_open_db(cli);
+
+  if (ret != CLI_EXIT_OK)
+    return ret;
+  memset(&s, 0, sizeof(s));
+  s.json = opt_given(a, OPT_JSON);
+  s.render = cli_out_refused;
+  if (s.json)
+    cli_out_write("[", 1);
+  return end_listing(cli, &s, fieldsync_refused(cli->db, list_cb, &s));
+}
+
+static int cmd_retry(struct cli *cli, const struct cli_args *a) {
+  size_t n = 0;
+  int ret = cli_open_db(cli);
+  int rc;
+
+  if (ret != CLI_EXIT_OK)
+    return ret;
+  rc = fieldsync_retry_refused(cli->db, a->npos > 0 ? a->pos[0] : NULL, &n);
+  if (rc != 0)
+    return cli_out_libfail(cli, rc);
+  printf("%zu refused version%s will be sent again at the next sync\n", n,
+         n == 1 ? "" : "s");
+  return CLI_EXIT_OK;
+}
+
+/* Writes each quarantined version as one line of JSON to f. */
+struct export_lines {
+  FILE *f;
+  size_t n;
+};
+
+static int export_line_cb(const char *json, void *data) {
+  struct export_lines *x = data;
+
+  if (fputs(json, x->f) == EOF || fputc('\n', x->f) == EOF)
+    return 1;
+  x->n++;
+  return 0;
+}
+
+/* `quarantine export FILE [--force]`: JSON lines, written and flushed to
+ * disk before it reports success, so the user can discard afterwards. A
+ * file that is left half-written is removed. */
+static int quarantine_export(struct cli *cli, const char *path, bool force) {
+  struct export_lines x;
+  int flags = O_WRONLY | O_CREAT | (force ? O_TRUNC : O_EXCL);
+  int fd;
+  int rc;
+  int err = 0;
+
+  /* The quarantine holds personal data: only the owner may read it. */
+  fd = open(path, flags, 0600);
+  if (fd < 0 && errno == EEXIST)
+    return cli_out_fail(cli,
+                        "%s exists; not overwriting it (use --force to "
+                        "replace it)",
+                        path);
+  if (fd < 0)
+    return cli_out_fail(cli, "cannot create %s: %s", path, strerror(errno));
+  x.n = 0;
+  x.f = fdopen(fd, "w");
+  if (x.f == NULL) {
+    err = errno;
+    close(fd);
+    unlink(path);
+    return cli_out_fail(cli, "cannot write %s: %s", path, strerror(err));
+  }
+  rc = fieldsync_quarantine(cli->db, export_line_cb, &x);
+  if (rc == FIELDSYNC_ECALLBACK || fflush(x.f) != 0 || ferror(x.f) ||
+      fsync(fileno(x.f)) != 0)
+    err = errno != 0 ? errno : EIO;
+  if (fclose(x.f) != 0 && err == 0)
+    err = errno != 0 ? errno : EIO;
+  if (rc != 0 && rc != FIELDSYNC_ECALLBACK) {
+    unlink(path);
+    return cli_out_libfail(cli, rc);
+  }
+  if (err != 0) {
+    unlink(path);
+    return cli_out_fail(cli, "cannot write %s: %s", path, strerror(err));
+  }
+  printf("exported %zu quarantined version%s to %s\n", x.n, x.n == 1 ? "" : "s",
+         path);
+  return CLI_EXIT_OK;
+}
+
+/* Parses a qid: a decimal number from 1 up. */
+static bool parse_qid(const char *s, int64_t *out) {
+  char *end = NULL;
+  long long v;
+
+  if (s[0] < '0' || s[0] > '9')
+    return false;
+  errno = 0;
+  v = strtoll(s, &end, 10);
+  if (errno != 0 || *end != '\0' || v <= 0)
+    return false;
+  *out = (int64_t)v;
+  return true;
+}
+
+static int cmd_quarantine(struct cli *cli, const struct cli_args *a) {
+  const char *sub = a->npos > 0 ? a->pos[0] : "list";
+  bool json = opt_given(a, OPT_JSON);
+  bool force = opt_given(a, OPT_FORCE);
+  bool all = opt_given(a, OPT_ALL);
+  int64_t qid = 0;
+  size_t n = 0;
+  int ret;
+  int rc;
+
+  /* Every combination is checked before the database is opened. */
+  if (strcmp(sub, "list") == 0) {
+    if (a->npos > 1)
+      return cli_out_usage(cli->cmd, "unexpected argument '%s'", a->pos[1]);
+    if (force || all)
+      return cli_out_usage(cli->cmd,
+                           "'%s' goes with export or discard, not "
+                           "list",
+                           force ? "--force" : "--all");
+  } else if (strcmp(sub, "export") == 0) {
+    if (a->npos < 2)
+      return cli_out_usage(cli->cmd, "missing FILE (quarantine export FILE)");
+    if (json || all)
+      return cli_out_usage(cli->cmd, "'%s' does not go with export",
+                           json ? "--json" : "--all");
+  } else if (strcmp(sub, "discard") == 0) {
+    if (json || force)
+      return cli_out_usage(cli->cmd, "'%s' does not go with discard",
+                           json ? "--json" : "--force");
+    if (all && a->npos > 1)
+      return cli_out_usage(cli->cmd, "give either QID or --all, not both");
+    if (!all && a->npos < 2)
+      return cli_out_usage(cli->cmd,
+                           "missing QID (or --all to discard everything)");
+    if (!all && !parse_qid(a->pos[1], &qid))
+      return cli_out_usage(cli->cmd,
+                           "'%s' is not a quarantine id (the number "
+                           "'fieldsync quarantine' shows first)",
+                           a->pos[1]);
+  } else {
+    return cli_out_usage(cli->cmd, "'%s' is not list, export or discard", sub);
+  }
+  ret = cli_open_db(cli);
+  if (ret != CLI_EXIT_OK)
+    return ret;
+  if (strcmp(sub, "export") == 0)
+    return quarantine_export(cli, a->pos[1], force);
+  if (strcmp(sub, "discard") == 0) {
+    rc = fieldsync_quarantine_discard(cli->db, all ? 0 : qid, &n);
+    if (rc != 0)
+      return cli_out_libfail(cli, rc);
+    printf("discarded %zu quarantined version%s\n", n, n == 1 ? "" : "s");
+    return CLI_EXIT_OK;
+  }
+  {
+    struct list_state s;
+
+    memset(&s, 0, sizeof(s));
+    s.json = json;
+    s.render = cli_out_quarantined;
+    if (json)
+      cli_out_write("[", 1);
+    return end_listing(cli, &s, fieldsync_quarantine(cli->db, list_cb, &s));
+  }
+}
+
 static int cmd_help(struct cli *cli, const struct cli_args *a) {
   const struct cli_cmd *c;
 
@@ -533,6 +758,13 @@ static const struct cli_opt resolve_opts[] = {
 };
 static const struct cli_opt export_opts[] = {
     {"format", "FORMAT", OPT_FORMAT, "json (the default) or csv"},
+    {NULL, NULL, 0, NULL},
+};
+
+static const struct cli_opt quarantine_opts[] = {
+    {"json", NULL, OPT_JSON, "list: print a JSON array"},
+    {"force", NULL, OPT_FORCE, "export: replace an existing FILE"},
+    {"all", NULL, OPT_ALL, "discard: every quarantined version"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -631,14 +863,63 @@ const struct cli_cmd cli_cmd_table[] = {
      "arrive as conflicts ('fieldsync conflicts'); nothing is overwritten.\n"
      "A sync that is interrupted loses nothing: run it again. Shows a\n"
      "progress bar on a terminal, plain lines otherwise, then a summary\n"
-     "(--json: as a JSON object). Exits 1 when the sync did not complete\n"
-     "and 3 when it completed but the server refused some records.\n"
+     "(--json: as a JSON object). Records of a visit the server no longer\n"
+     "gives this device are removed; what of them it had not acknowledged\n"
+     "goes to the quarantine first ('fieldsync quarantine'). Exits 1 when\n"
+     "the sync did not complete, 3 when it completed but the server refused\n"
+     "some records ('fieldsync refused'), and 4 when the server revoked\n"
+     "this device: local data was wiped after unacknowledged versions were\n"
+     "quarantined.\n"
      "\n"
      "The connection is TLS: the server's certificate must chain to the CA\n"
      "in --ca FILE (default: the system's CA store) and name the host in\n"
      "--server; --pin also requires its public key's SHA-256. --plaintext\n"
      "syncs over plain TCP, which servers allow on loopback only.\n",
      cli_sync_opts, names_none, 0, 0, cli_cmd_sync},
+    {"status", "status [--json]",
+     "show what the replica holds and what it owes the server",
+     "Shows this replica's id and counts: records, records in conflict,\n"
+     "versions pending (waiting to be sent), versions refused by the server\n"
+     "('fieldsync refused'), versions in the quarantine ('fieldsync\n"
+     "quarantine'), scopes held (visits and services the server gave this\n"
+     "device; 0 for head office) and the pull cursor. --json prints\n"
+     "{\"replica\", \"records\", \"conflicts\", \"pending\", \"refused\",\n"
+     "\"quarantined\", \"held_scopes\", \"cursor\"}.\n",
+     json_opts, names_none, 0, 0, cmd_status},
+    {"refused", "refused [--json]", "list versions the server refused",
+     "Lists the local versions the server refused, oldest first, one a\n"
+     "line: record id, collection, the start of the version's hash, when it\n"
+     "was refused, and the server's code and reason. They stay here, and\n"
+     "are not sent again until 'fieldsync retry'. --json prints a JSON array\n"
+     "of {\"collection\", \"id\", \"hash\", \"code\", \"reason\",\n"
+     "\"refused_at\"}.\n",
+     json_opts, names_none, 0, 0, cmd_refused},
+    {"retry", "retry [ID]", "send refused versions again at the next sync",
+     "Clears the refused mark of record ID's versions (of every record\n"
+     "without ID), so the next sync sends them again: after the reason was\n"
+     "fixed on the server (an assignment, say) or the record was edited.\n"
+     "Fails when record ID has no refused version.\n",
+     NULL, names_none, 0, 1, cmd_retry},
+    {"quarantine",
+     "quarantine [list] [--json]\n"
+     "       fieldsync [--db PATH] quarantine export FILE [--force]\n"
+     "       fieldsync [--db PATH] quarantine discard (QID | --all)",
+     "list, export or discard quarantined versions",
+     "The quarantine keeps the versions this device made that no server\n"
+     "acknowledged, of records the server took away: a visit no longer\n"
+     "assigned (\"scope removed by the server\"), or everything when the\n"
+     "device was revoked (\"device revoked\"). Nothing else ever deletes\n"
+     "them.\n\n"
+     "list (the default) prints one line per version, oldest first: its\n"
+     "QID, collection, record id, the start of its hash, its scope, when\n"
+     "and why it was quarantined, and the server's refusal if it had one.\n"
+     "--json prints a JSON array of the objects export writes.\n"
+     "export FILE writes one JSON object per line (qid, collection, id,\n"
+     "scope, reason, quarantined_at, deleted, vv, hash, author, time,\n"
+     "refused, fields) and flushes it to disk; it will not replace an\n"
+     "existing FILE without --force.\n"
+     "discard QID deletes one version, --all every one: export first.\n",
+     quarantine_opts, names_none, 0, 2, cmd_quarantine},
     {"fields", "fields COLLECTION", "list a collection's fields and types",
      "Lists the fields of COLLECTION with their types: what FIELD=VALUE\n"
      "accepts in add, edit and resolve.\n",

@@ -2,7 +2,8 @@
 /* The `fieldsync` command-line tool: records inspections in a local
  * fieldsync database from a shell or a script. This file reads the global
  * options, finds the command, runs it and turns the outcome into an exit
- * status: 0 success, 1 a failed operation, 2 bad usage. */
+ * status: 0 success, 1 a failed operation, 2 bad usage (and for sync, 3
+ * records refused, 4 device revoked). */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <stdlib.h>

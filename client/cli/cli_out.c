@@ -247,6 +247,24 @@ static void put_vv(const json_t *vv) {
     fputs("{}", stdout);
 }
 
+/* Prints a "refused" object {"code", "reason"} between before and after;
+ * nothing for null. */
+static void put_refused(const json_t *r, const char *before,
+                        const char *after) {
+  const char *code = json_string_value(json_object_get(r, "code"));
+  const char *why = json_string_value(json_object_get(r, "reason"));
+
+  if (!json_is_object(r))
+    return;
+  fputs(before, stdout);
+  put_text(code != NULL ? code : "?", false, 0);
+  if (why != NULL && *why != '\0') {
+    fputs(": ", stdout);
+    put_text(why, false, 0);
+  }
+  fputs(after, stdout);
+}
+
 /* Loads a record's JSON and checks the parts both renderings need. */
 static json_t *load_record(const char *json, char *err, size_t errcap) {
   json_error_t jerr;
@@ -319,6 +337,7 @@ bool cli_out_record(const char *json, char *err, size_t errcap) {
     putchar('\n');
     if (json_is_true(json_object_get(ver, "deleted")))
       fputs("  (deleted)\n", stdout);
+    put_refused(json_object_get(ver, "refused"), "  (refused: ", ")\n");
     if (!json_is_object(fields))
       continue;
     json_object_foreach((json_t *)fields, name, v) {
@@ -387,5 +406,94 @@ bool cli_out_summary(const char *json, char *err, size_t errcap) {
   }
   putchar('\n');
   json_decref(rec);
+  return true;
+}
+
+/* Parses one JSON object of the library; false (message in err) when it
+ * is not one or lacks a string member of `need`. */
+static json_t *load_object(const char *json, const char *const *need,
+                           const char *what, char *err, size_t errcap) {
+  json_error_t jerr;
+  json_t *o = json_loads(json, 0, &jerr);
+  size_t i;
+
+  if (o == NULL) {
+    snprintf(err, errcap, "cannot read the %s JSON: %s (line %d)", what,
+             jerr.text, jerr.line);
+    return NULL;
+  }
+  for (i = 0; need[i] != NULL; i++) {
+    if (!json_is_string(json_object_get(o, need[i]))) {
+      snprintf(err, errcap, "the %s JSON lacks %s", what, need[i]);
+      json_decref(o);
+      return NULL;
+    }
+  }
+  return o;
+}
+
+static void put_member(const json_t *o, const char *name) {
+  put_text(json_string_value(json_object_get(o, name)), false, 0);
+}
+
+bool cli_out_refused(const char *json, char *err, size_t errcap) {
+  static const char *const need[] = {"collection", "id",         "hash", "code",
+                                     "reason",     "refused_at", NULL};
+  json_t *o = load_object(json, need, "refused version's", err, errcap);
+
+  if (o == NULL)
+    return false;
+  put_member(o, "id");
+  printf("  %-14s  hash ", json_string_value(json_object_get(o, "collection")));
+  put_prefix(json_string_value(json_object_get(o, "hash")), HASH_SHOWN);
+  fputs("  ", stdout);
+  put_member(o, "refused_at");
+  fputs("  ", stdout);
+  put_member(o, "code");
+  if (*json_string_value(json_object_get(o, "reason")) != '\0') {
+    fputs(": ", stdout);
+    put_member(o, "reason");
+  }
+  putchar('\n');
+  json_decref(o);
+  return true;
+}
+
+bool cli_out_quarantined(const char *json, char *err, size_t errcap) {
+  static const char *const need[] = {"collection",     "id",   "reason",
+                                     "quarantined_at", "hash", NULL};
+  json_t *o = load_object(json, need, "quarantined version's", err, errcap);
+  const json_t *qid;
+  const json_t *scope;
+
+  if (o == NULL)
+    return false;
+  qid = json_object_get(o, "qid");
+  scope = json_object_get(o, "scope");
+  if (!json_is_integer(qid) || !json_is_object(scope) ||
+      !json_is_string(json_object_get(scope, "kind")) ||
+      !json_is_string(json_object_get(scope, "id"))) {
+    snprintf(err, errcap, "the quarantined version's JSON lacks qid or scope");
+    json_decref(o);
+    return false;
+  }
+  printf("%-4" JSON_INTEGER_FORMAT "  %-14s  ", json_integer_value(qid),
+         json_string_value(json_object_get(o, "collection")));
+  put_member(o, "id");
+  fputs("  hash ", stdout);
+  put_prefix(json_string_value(json_object_get(o, "hash")), HASH_SHOWN);
+  fputs("  ", stdout);
+  put_member(scope, "kind");
+  putchar(' ');
+  put_member(scope, "id");
+  fputs("  ", stdout);
+  put_member(o, "quarantined_at");
+  fputs("  ", stdout);
+  put_member(o, "reason");
+  if (json_is_true(json_object_get(o, "deleted")))
+    fputs("  [deleted]", stdout);
+  put_refused(json_object_get(o, "refused"), "  [refused: ", "]");
+  putchar('\n');
+  json_decref(o);
   return true;
 }

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* `fieldsync sync`: one sync session with a server, with a progress bar on
- * a terminal (plain lines otherwise), refused records reported on stderr,
- * and a summary. */
+ * a terminal (plain lines otherwise), refused records and quarantined
+ * versions reported on stderr, a summary, and an exit status that tells a
+ * refusal (3) and a revoked device (4) apart from a failure (1). */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <stdio.h>
@@ -144,12 +145,14 @@ int cli_cmd_sync(struct cli *cli, const struct cli_args *a) {
     fputc('\n', stderr);
   if (json) {
     json_t *o = json_pack(
-        "{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "complete", rc == 0,
-        "pushed", (json_int_t)st.pushed, "acked", (json_int_t)st.acked,
-        "conflicts", (json_int_t)st.conflicts, "refused",
+        "{s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:b}",
+        "complete", rc == 0, "pushed", (json_int_t)st.pushed, "acked",
+        (json_int_t)st.acked, "conflicts", (json_int_t)st.conflicts, "refused",
         (json_int_t)st.refused, "pulled", (json_int_t)st.pulled, "applied",
-        (json_int_t)st.applied, "pull_conflicts",
-        (json_int_t)st.pull_conflicts, "cursor", (json_int_t)st.cursor);
+        (json_int_t)st.applied, "pull_conflicts", (json_int_t)st.pull_conflicts,
+        "cursor", (json_int_t)st.cursor, "removed", (json_int_t)st.removed,
+        "quarantined", (json_int_t)st.quarantined, "revoked",
+        rc == FIELDSYNC_EREVOKED);
     char *s = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
     if (s != NULL)
       printf("%s\n", s);
@@ -157,10 +160,26 @@ int cli_cmd_sync(struct cli *cli, const struct cli_args *a) {
     json_decref(o);
   } else {
     printf("pushed %zu (acknowledged %zu, conflicts %zu, refused %zu); "
-           "pulled %zu (new %zu, conflicts %zu)\n",
-           st.pushed, st.acked, st.conflicts, st.refused, st.pulled,
-           st.applied, st.pull_conflicts);
+           "pulled %zu (new %zu, conflicts %zu); removed %zu (quarantined "
+           "%zu)\n",
+           st.pushed, st.acked, st.conflicts, st.refused, st.pulled, st.applied,
+           st.pull_conflicts, st.removed, st.quarantined);
   }
+  if (rc == FIELDSYNC_EREVOKED) {
+    /* The library's message says what was wiped and what was kept. */
+    cli_out_libfail(cli, rc);
+    fprintf(stderr, "fieldsync: sync: this tablet may no longer sync; "
+                    "export the quarantine ('fieldsync quarantine export "
+                    "FILE') before handing it back\n");
+    return CLI_EXIT_REVOKED;
+  }
+  if (st.quarantined > 0)
+    fprintf(stderr,
+            "fieldsync: sync: %zu record%s removed with scopes the server "
+            "withdrew; %zu unacknowledged version%s kept in the quarantine "
+            "('fieldsync quarantine')\n",
+            st.removed, st.removed == 1 ? "" : "s", st.quarantined,
+            st.quarantined == 1 ? "" : "s");
   if (rc != 0) {
     cli_out_libfail(cli, rc);
     fprintf(stderr, "fieldsync: sync did not complete; nothing is lost: run "
@@ -169,6 +188,6 @@ int cli_cmd_sync(struct cli *cli, const struct cli_args *a) {
   }
   ret = cli_out_finish(cli);
   if (ret == CLI_EXIT_OK && st.refused > 0)
-    return 3;
+    return CLI_EXIT_REFUSED;
   return ret;
 }

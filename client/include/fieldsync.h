@@ -75,7 +75,8 @@ FIELDSYNC_EXTERN const char *fieldsync_version_string(void);
   XX(PROTOCOL, -22, "server broke the protocol")                               \
   XX(SERVER, -23, "server reported an error")                                  \
   XX(TIMEOUT, -24, "network timeout")                                          \
-  XX(TLS, -25, "TLS failure")
+  XX(TLS, -25, "TLS failure")                                                  \
+  XX(REVOKED, -26, "device revoked by the server; local data wiped")
 
 enum fieldsync_errno {
   FIELDSYNC_OK = 0,
@@ -230,12 +231,15 @@ FIELDSYNC_EXTERN int fieldsync_batch_rollback(fieldsync_db *db);
  * JSON of one record, in the stable shape documented in README.md:
  * {"collection", "id", "deleted", "conflict", "versions": [{"vv":
  * {"<replica hex>": counter}, "hash", "deleted", "author", "time",
- * "pending", "fields": {...}}]}. "time" is the author's device clock as
- * ISO 8601 UTC (informational); "author" is the writing replica's label
- * (or null); "pending" is true for a local version no server has
- * acknowledged yet. "replica_reuse": true is added when two versions share
- * a vector (a replica id was reused). Versions are ordered display winner
- * first; "deleted" is true when every version is a tombstone.
+ * "pending", "refused", "fields": {...}}]}. "time" is the author's device
+ * clock as ISO 8601 UTC (informational); "author" is the writing replica's
+ * label (or null); "pending" is true for a local version no server has
+ * acknowledged yet; "refused" is null, or {"code", "reason"} (e.g.
+ * {"code": "ERR_FORBIDDEN", "reason": "..."}) for a local version the
+ * server refused (still pending; see fieldsync_refused()).
+ * "replica_reuse": true is added when two versions share a vector (a
+ * replica id was reused). Versions are ordered display winner first;
+ * "deleted" is true when every version is a tombstone.
  * @param json_out receives a NUL-terminated string; free with fieldsync_free
  * @return 0, FIELDSYNC_ENOTFOUND, FIELDSYNC_EINVAL (bad id), ...
  */
@@ -309,6 +313,74 @@ FIELDSYNC_EXTERN int fieldsync_fields(fieldsync_db *db, const char *collection,
 /** Names of all collections, NULL-terminated, static. */
 FIELDSYNC_EXTERN const char *const *fieldsync_collections(void);
 
+/* ---- refused versions and the quarantine ------------------------------- */
+
+/**
+ * Calls cb once per local version the server refused, oldest first, with
+ * JSON: {"collection", "id", "hash", "code" (e.g. "ERR_FORBIDDEN"),
+ * "reason", "refused_at" (ISO 8601 UTC)}. A refused version stays in its
+ * record (fieldsync_get_json shows it with "refused": {"code", "reason"})
+ * and is not sent again until fieldsync_retry_refused().
+ * @return 0, FIELDSYNC_ECALLBACK, ...
+ */
+FIELDSYNC_EXTERN int fieldsync_refused(fieldsync_db *db, fieldsync_record_cb cb,
+                                       void *data);
+
+/**
+ * Clears the refused mark of the record id's versions (id NULL: of every
+ * record), so the next sync sends them again (after an assignment was
+ * fixed, say). @param count_out versions cleared (may be NULL)
+ * @return 0 (also when id is NULL and nothing was refused),
+ *         FIELDSYNC_EINVAL (bad id), FIELDSYNC_ENOTFOUND (no refused
+ *         version of that record), ...
+ */
+FIELDSYNC_EXTERN int fieldsync_retry_refused(fieldsync_db *db, const char *id,
+                                             size_t *count_out);
+
+/**
+ * Calls cb once per quarantined version, oldest first, with JSON:
+ * {"qid" (a number), "collection", "id", "scope": {"kind", "id"},
+ * "reason" (why it was quarantined: "scope removed by the server" or
+ * "device revoked"), "quarantined_at", "deleted", "vv", "hash", "author",
+ * "time", "refused" (null or {"code", "reason"}), "fields" (null for a
+ * tombstone)}. One JSON object per line is the export format.
+ * @return 0, FIELDSYNC_ECALLBACK, ...
+ */
+FIELDSYNC_EXTERN int fieldsync_quarantine(fieldsync_db *db,
+                                          fieldsync_record_cb cb, void *data);
+
+/**
+ * Deletes quarantined version qid (qid 0: all of them), once the user
+ * has exported what they need. A qid is never reused.
+ * @param count_out versions deleted (may be NULL)
+ * @return 0, FIELDSYNC_ENOTFOUND (no such qid), FIELDSYNC_EINVAL
+ *         (negative qid), ...
+ */
+FIELDSYNC_EXTERN int fieldsync_quarantine_discard(fieldsync_db *db, int64_t qid,
+                                                  size_t *count_out);
+
+/** What a replica holds and owes, for a status display. */
+struct fieldsync_counts {
+  size_t records;     /**< records, deleted ones included */
+  size_t conflicts;   /**< records in conflict */
+  size_t pending;     /**< local versions waiting to be sent (not refused) */
+  size_t refused;     /**< local versions the server refused
+                           (fieldsync_refused()); not sent until retried */
+  size_t quarantined; /**< versions in the quarantine */
+  size_t held_scopes; /**< scopes held completely (always 0 on a
+                           head_office device) */
+  uint64_t cursor;    /**< the pull cursor */
+};
+
+/**
+ * Fills out with the replica's counts, read from indexes: the record
+ * counts scan one, the others read only what is pending, refused or
+ * quarantined. Fields are only ever added at the end.
+ * @return 0, FIELDSYNC_EINVAL (NULL argument), or a database error
+ */
+FIELDSYNC_EXTERN int fieldsync_counts(fieldsync_db *db,
+                                      struct fieldsync_counts *out);
+
 /* ---- sync -------------------------------------------------------------- */
 
 /**
@@ -330,14 +402,18 @@ typedef void (*fieldsync_progress_cb)(const char *phase, size_t done,
  * @param outcome    "applied" (stored), "already_known" (the server had
  *                   it), "conflict" (stored beside a concurrent version),
  *                   "stale" (stored in history; a newer version wins) or
- *                   "refused" (not stored; it stays pending here and is
- *                   sent again by the next sync)
+ *                   "refused" (not stored; it stays here, unacknowledged
+ *                   and marked refused with this reason, listed by
+ *                   fieldsync_refused(), and is not sent again until
+ *                   fieldsync_retry_refused())
  * @param reason     NULL, except for "refused" (the server's error code
  *                   name and text, e.g. "ERR_FORBIDDEN: not your visit",
  *                   or why the library did not send it, e.g. a version
- *                   larger than the server's limits) and for a "conflict"
- *                   the server explains (replica-id reuse). Text from the
- *                   server; valid during the call only.
+ *                   larger than the server's limits: such a version is
+ *                   not marked refused, and the next sync tries it again)
+ *                   and for a "conflict" the server explains (replica-id
+ *                   reuse). Text from the server; valid during the call
+ *                   only.
  * Called on the thread running the sync; it must not call into the db
  * being synced.
  */
@@ -379,11 +455,16 @@ struct fieldsync_sync_stats {
   size_t pushed;    /**< versions sent in Push batches */
   size_t acked;     /**< of those, acknowledged (not refused) */
   size_t conflicts; /**< of those, acknowledged as a conflict */
-  size_t refused;   /**< refused by the server or unsendable; still pending */
+  size_t refused;   /**< refused by the server (now marked refused) or
+                         unsendable (left as it was); unacknowledged */
   size_t pulled;    /**< versions received in Changes batches */
   size_t applied;   /**< of those, new here (became current) */
   size_t pull_conflicts; /**< of those, left their record in conflict */
   uint64_t cursor;       /**< the pull cursor after the sync */
+  size_t removed;        /**< records removed because the server withdrew
+                              their scope (unassigned, expired, revoked) */
+  size_t quarantined;    /**< unacknowledged versions moved to the
+                              quarantine before their records were removed */
 };
 
 /**
@@ -395,8 +476,21 @@ struct fieldsync_sync_stats {
  * together with its new cursor in one local transaction. So a sync that
  * fails or is killed at any point loses nothing and duplicates nothing:
  * the next sync resends what was not acknowledged and refetches what was
- * not applied. Versions the server refuses stay pending and are reported
- * through opts->outcome.
+ * not applied. Versions the server refuses are reported through
+ * opts->outcome and stay here, marked refused (fieldsync_refused()).
+ *
+ * Scopes (PROTOCOL.md "Scopes"): an inspector's or expert's device holds
+ * only the visits assigned to its user (and, for inspectors, those visits'
+ * services). When a visit is newly assigned, the pull backfills its
+ * existing records. When the server withdraws a scope (unassigned, the
+ * assignment expired), the records of that scope are removed here, in the
+ * transaction that applies the server's message; their unacknowledged
+ * versions (pending or refused) are first copied to the quarantine
+ * (fieldsync_quarantine()). When the server says the device is revoked,
+ * every unacknowledged version is quarantined, then every record, the
+ * cursor and the held scopes are wiped, and the sync returns
+ * FIELDSYNC_EREVOKED. Nothing unacknowledged is ever deleted without a
+ * quarantined copy.
  *
  * Transport: TLS 1.2 or newer (PROTOCOL.md "Security"). The server's
  * certificate must chain to opts->ca_file (or to the system's default
@@ -429,11 +523,16 @@ struct fieldsync_sync_stats {
  *   ...", or, with plaintext, "the server speaks TLS ...". Not transient:
  *   retrying will not help until the configuration is fixed);
  *   FIELDSYNC_EAUTH (the server refused the token);
+ *   FIELDSYNC_EREVOKED (the server revoked this device: local data was
+ *   wiped after quarantining unacknowledged versions; errmsg says how
+ *   many);
  *   FIELDSYNC_ESERVER (the server sent an Error; errmsg reads
  *   "server: ERR_<CODE>: <its message>". ERR_STORAGE, ERR_TIMEOUT,
  *   ERR_SHUTTING_DOWN and ERR_BUSY are transient: retry later, with backoff);
  *   FIELDSYNC_EPROTOCOL (the server sent bytes or messages the protocol does
- *   not allow, or a change this replica cannot apply; nothing of that
+ *   not allow, a change this replica cannot apply, or asked for another
+ *   Pull without progress: a feed page must move the cursor, a backfill
+ *   page must finish its scope or move past the position; nothing of that
  *   batch is kept);
  *   or a local database error (FIELDSYNC_EIO, FIELDSYNC_EBUSY, ...).
  *   fieldsync_errmsg(db) says what happened in one line.

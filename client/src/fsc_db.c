@@ -57,6 +57,45 @@ static const char *const migrations[] = {
     "  PRIMARY KEY(record, hash, vv)"
     ") WITHOUT ROWID;"
     "CREATE INDEX versions_pending ON versions(pending) WHERE pending > 0;",
+    /* 1 -> 2: scoped sync (PROTOCOL.md "Scopes"). A version the server
+     * refused stays pending but is marked (code, text, when); it is not
+     * offered again until the user retries, so the outgoing query's
+     * partial index leaves refused versions out. held_scopes lists the
+     * scopes this replica holds completely; a backfill in progress is in
+     * meta (backfill_kind, backfill_id, backfill_after). The quarantine
+     * keeps unacknowledged versions of records the server took away
+     * (scope removed, device revoked) until the user discards them; qids
+     * are never reused, so an exported qid always names one version. */
+    "ALTER TABLE versions ADD COLUMN refused_code INTEGER;"
+    "ALTER TABLE versions ADD COLUMN refused_reason TEXT;"
+    "ALTER TABLE versions ADD COLUMN refused_ms INTEGER;"
+    "DROP INDEX versions_pending;"
+    "CREATE INDEX versions_pending ON versions(pending)"
+    "  WHERE pending > 0 AND refused_code IS NULL;"
+    "CREATE INDEX versions_refused ON versions(pending)"
+    "  WHERE refused_code IS NOT NULL;"
+    "CREATE TABLE held_scopes("
+    "  kind INTEGER NOT NULL,"
+    "  id BLOB NOT NULL,"
+    "  PRIMARY KEY(kind, id)"
+    ") WITHOUT ROWID;"
+    "CREATE TABLE quarantine("
+    "  qid INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  quarantined_ms INTEGER NOT NULL,"
+    "  reason TEXT NOT NULL,"
+    "  collection INTEGER NOT NULL,"
+    "  record BLOB NOT NULL,"
+    "  scope_kind INTEGER NOT NULL,"
+    "  scope_id BLOB NOT NULL,"
+    "  hash BLOB NOT NULL,"
+    "  vv BLOB NOT NULL,"
+    "  deleted INTEGER NOT NULL,"
+    "  payload BLOB NOT NULL,"
+    "  author TEXT,"
+    "  device_time_ms INTEGER,"
+    "  refused_code INTEGER,"
+    "  refused_reason TEXT"
+    ");",
 };
 
 #define NMIGRATIONS (sizeof(migrations) / sizeof(migrations[0]))

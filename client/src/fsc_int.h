@@ -19,7 +19,7 @@
 #include "fsp_vv.h"
 
 /* The schema version this library writes (PRAGMA user_version). */
-#define FSC_SCHEMA_VERSION 1
+#define FSC_SCHEMA_VERSION 2
 
 /* Prepared statements kept for the life of the handle (fsc_store.c). */
 enum fsc_stmt_id {
@@ -33,6 +33,7 @@ enum fsc_stmt_id {
   FSC_ST_META_SET,
   FSC_ST_OUTGOING,
   FSC_ST_ACK,
+  FSC_ST_REFUSE,
   FSC_ST_SAVEPOINT,
   FSC_ST_RELEASE,
   FSC_ST_COUNT
@@ -90,6 +91,9 @@ struct fsc_version {
   char *author;
   int64_t time_ms;
   int64_t pending; /* > 0: local, not yet acknowledged by a server */
+  bool refused;    /* the server refused it (pending stays > 0) */
+  int refused_code;     /* its wire ErrorCode, when refused */
+  char *refused_reason; /* the server's text, when refused (owned) */
 };
 
 /* A record and its current versions, display winner first. */
@@ -136,8 +140,9 @@ struct fsc_outgoing {
   struct fsc_version v; /* owned */
 };
 
-/* Up to max unacknowledged versions with pending > after, in the order
- * they were made. *out (fsp_malloc) is freed by fsc_outgoing_free. */
+/* Up to max unacknowledged versions with pending > after that the server
+ * has not refused, in the order they were made. *out (fsp_malloc) is
+ * freed by fsc_outgoing_free. */
 int fsc_store_outgoing(fieldsync_db *db, int64_t after, size_t max,
                        struct fsc_outgoing **out, size_t *n);
 void fsc_outgoing_free(struct fsc_outgoing *o, size_t n);
@@ -150,6 +155,19 @@ struct fsc_ack {
                       later save of the same content stays pending */
 };
 int fsc_store_ack(fieldsync_db *db, const struct fsc_ack *a, size_t n);
+/* A version the server refused: marked refused (not offered again until
+ * fieldsync_retry_refused) with the server's code and text. */
+struct fsc_refusal {
+  uint8_t id[FSP_ID_LEN];
+  uint8_t hash[FSP_HASH_LEN];
+  int64_t pending;    /* as in struct fsc_ack */
+  int code;           /* the wire ErrorCode */
+  const char *reason; /* the server's text (may be NULL) */
+};
+/* Records a PushAck's answers in one transaction: acks as fsc_store_ack
+ * does, refusals marked refused. */
+int fsc_store_answer(fieldsync_db *db, const struct fsc_ack *a, size_t na,
+                     const struct fsc_refusal *r, size_t nr);
 
 /* What applying a batch of incoming changes did. */
 struct fsc_apply_stats {
@@ -158,18 +176,80 @@ struct fsc_apply_stats {
   size_t stale;      /* dominated by a current version */
   size_t conflicts;  /* left the record with siblings */
   size_t reuse;      /* replica-id reuse detected */
+  size_t removed;    /* records removed with their scope */
+  size_t quarantined; /* unacknowledged versions quarantined first */
 };
-/* Merges incoming changes (validated by fsp_msg) into the store and sets
- * the pull cursor, all in one transaction: a crash leaves either all of
- * it or none. */
+/* Applies one Changes (validated by fsp_msg, checked against its Pull by
+ * the sync layer) in one transaction, so a crash leaves all of it or none:
+ * first its removed_scopes (fsc_scope_remove), then its changes (merged),
+ * then either its backfill state (backfill_scope set: the position
+ * backfill_next is stored, or with backfill_done the scope becomes held
+ * and the position is cleared; the cursor stays) or, for a feed page, its
+ * next_cursor (and a stale backfill position is cleared). */
+int fsc_store_apply_changes(fieldsync_db *db, const Fieldsync__Changes *ch,
+                            struct fsc_apply_stats *st);
+/* fsc_store_apply_changes of a feed page holding only changes[0..n) and
+ * next_cursor = cursor. */
 int fsc_store_apply(fieldsync_db *db, Fieldsync__Change *const *changes,
                     size_t n, uint64_t cursor, struct fsc_apply_stats *st);
 /* The pull cursor (0 for a new replica). */
 int fsc_store_cursor(fieldsync_db *db, uint64_t *cursor);
 /* Records which server the cursor belongs to: a different server id (a
- * new or rebuilt server store) resets the cursor to 0 in the same
- * transaction, so nothing is skipped. Local versions stay as they are. */
+ * new or rebuilt server store) resets the cursor to 0 and forgets the
+ * held scopes and any backfill position in the same transaction, so
+ * nothing is skipped. Local records and versions stay as they are. */
 int fsc_store_server(fieldsync_db *db, const uint8_t server_id[16]);
+
+/* ---- scopes, the quarantine and refused versions (fsc_scope.c) -------- */
+
+/* A scope key: kind (FIELDSYNC__SCOPE_KIND__*) and 16-byte id. */
+struct fsc_scope {
+  int kind;
+  uint8_t id[FSP_ID_LEN];
+};
+
+/* A backfill in progress (PROTOCOL.md "Scopes"): the scope and the last
+ * seq the server examined. */
+struct fsc_backfill {
+  bool active;
+  struct fsc_scope scope;
+  uint64_t after;
+};
+
+/* Why versions are quarantined (the "reason" of fieldsync_quarantine). */
+#define FSC_Q_SCOPE_REMOVED "scope removed by the server"
+#define FSC_Q_REVOKED "device revoked"
+
+/* The held scopes, sorted as fsp_scope_cmp orders them. *out (fsp_malloc,
+ * NULL when there are none) is freed with fsp_free. */
+int fsc_scope_held(fieldsync_db *db, struct fsc_scope **out, size_t *n);
+/* The stored backfill position (bf->active false when there is none). */
+int fsc_scope_backfill(fieldsync_db *db, struct fsc_backfill *bf);
+/* Inside the caller's transaction: stores (bf->active) or clears the
+ * backfill position. */
+int fsc_scope_set_backfill(fieldsync_db *db, const struct fsc_backfill *bf);
+/* Inside the caller's transaction: adds sc to the held scopes. */
+int fsc_scope_hold(fieldsync_db *db, const struct fsc_scope *sc);
+/* Inside the caller's transaction: removes every record of scope sc
+ * after copying its unacknowledged versions (pending or refused) to the
+ * quarantine, drops sc from the held scopes and clears a backfill
+ * position for sc. Adds to *removed (records) and *quarantined
+ * (versions). */
+int fsc_scope_remove(fieldsync_db *db, const struct fsc_scope *sc,
+                     size_t *removed, size_t *quarantined);
+/* Forgets the held scopes and backfill position, inside the caller's
+ * transaction (a new server, fsc_store_server). */
+int fsc_scope_forget(fieldsync_db *db);
+/* The device was revoked: in one transaction, quarantines every
+ * unacknowledged version, deletes every record and version, forgets the
+ * held scopes, the backfill position, the cursor and the server binding.
+ * The quarantine, the replica id and its label stay. */
+int fsc_scope_wipe(fieldsync_db *db, size_t *removed, size_t *quarantined);
+
+/* The name of a wire ErrorCode ("ERR_FORBIDDEN"), static. */
+const char *fsc_wire_code_name(int code);
+/* ms since the epoch as "YYYY-MM-DDTHH:MM:SS.mmmZ" (UTC) into out. */
+void fsc_iso_time(int64_t ms, char *out, size_t cap);
 
 /* Validates msg (a payload of col), derives its scope and writes it as a
  * new local version of r (r->n == 0: a new record with id r->id). Runs

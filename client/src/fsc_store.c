@@ -18,8 +18,8 @@ static const char *const stmt_sql[FSC_ST_COUNT] = {
         "SELECT collection, scope_kind, scope_id, reuse FROM records "
         "WHERE id = ?1",
     [FSC_ST_LOAD_VERSIONS] =
-        "SELECT hash, vv, deleted, payload, author, device_time_ms, pending "
-        "FROM versions WHERE record = ?1",
+        "SELECT hash, vv, deleted, payload, author, device_time_ms, pending, "
+        "refused_code, refused_reason FROM versions WHERE record = ?1",
     [FSC_ST_DELETE_VERSIONS] = "DELETE FROM versions WHERE record = ?1",
     [FSC_ST_DELETE_VERSION] =
         "DELETE FROM versions WHERE record = ?1 AND hash = ?2 AND vv = ?3",
@@ -39,14 +39,21 @@ static const char *const stmt_sql[FSC_ST_COUNT] = {
         "INSERT OR REPLACE INTO meta(key, value) VALUES(?1, ?2)",
     [FSC_ST_OUTGOING] =
         "SELECT v.record, r.collection, r.scope_kind, r.scope_id, v.hash, "
-        "v.vv, v.deleted, v.payload, v.author, v.device_time_ms, v.pending "
+        "v.vv, v.deleted, v.payload, v.author, v.device_time_ms, v.pending, "
+        "v.refused_code, v.refused_reason "
         "FROM versions v JOIN records r ON r.id = v.record "
-        /* "pending > 0" lets SQLite use the partial index versions_pending
-         * (it cannot infer it from "pending > ?1"): without it every batch
-         * scans and sorts the whole table. */
-        "WHERE v.pending > 0 AND v.pending > ?1 ORDER BY v.pending LIMIT ?2",
+        /* "pending > 0 AND refused_code IS NULL" is the WHERE of the
+         * partial index versions_pending, spelled out so SQLite uses it (it
+         * cannot infer it from "pending > ?1"): without it every batch
+         * scans and sorts the whole table. Refused versions wait for
+         * fieldsync_retry_refused() outside the index. */
+        "WHERE v.pending > 0 AND v.refused_code IS NULL AND v.pending > ?1 "
+        "ORDER BY v.pending LIMIT ?2",
     [FSC_ST_ACK] = "UPDATE versions SET pending = 0 "
                    "WHERE record = ?1 AND hash = ?2 AND pending = ?3",
+    [FSC_ST_REFUSE] = "UPDATE versions SET refused_code = ?4, "
+                      "refused_reason = ?5, refused_ms = ?6 "
+                      "WHERE record = ?1 AND hash = ?2 AND pending = ?3",
     [FSC_ST_SAVEPOINT] = "SAVEPOINT fsc_op",
     [FSC_ST_RELEASE] = "RELEASE fsc_op",
 };
@@ -81,6 +88,7 @@ static void version_close(struct fsc_version *v) {
   fsp_vv_close(&v->vv);
   fsp_free(v->payload);
   fsp_free(v->author);
+  fsp_free(v->refused_reason);
   memset(v, 0, sizeof(*v));
 }
 
@@ -130,7 +138,7 @@ static int copy_blob(sqlite3_stmt *st, int col, uint8_t **out, size_t *len) {
 }
 
 /* Reads a version row (columns from `base`: hash, vv, deleted, payload,
- * author, time, pending) into v. */
+ * author, time, pending, refused_code, refused_reason) into v. */
 static int read_version(fieldsync_db *db, sqlite3_stmt *st, int base,
                         struct fsc_version *v) {
   const unsigned char *author;
@@ -158,6 +166,14 @@ static int read_version(fieldsync_db *db, sqlite3_stmt *st, int base,
   }
   v->time_ms = sqlite3_column_int64(st, base + 5);
   v->pending = sqlite3_column_int64(st, base + 6);
+  v->refused = sqlite3_column_type(st, base + 7) != SQLITE_NULL;
+  if (v->refused) {
+    const unsigned char *why = sqlite3_column_text(st, base + 8);
+    v->refused_code = sqlite3_column_int(st, base + 7);
+    v->refused_reason = fsp_strdup(why != NULL ? (const char *)why : "");
+    if (v->refused_reason == NULL)
+      return fsc_err(db, FIELDSYNC_ENOMEM, "out of memory");
+  }
   return 0;
 }
 
@@ -614,14 +630,16 @@ fail:
   return rc;
 }
 
-int fsc_store_ack(fieldsync_db *db, const struct fsc_ack *a, size_t n) {
+int fsc_store_answer(fieldsync_db *db, const struct fsc_ack *a, size_t na,
+                     const struct fsc_refusal *r, size_t nr) {
   sqlite3_stmt *st = NULL;
+  int64_t now = fsc_os_now_ms();
   size_t i;
   int rc = fsc_begin(db);
 
   if (rc != 0)
     return rc;
-  for (i = 0; i < n; i++) {
+  for (i = 0; i < na; i++) {
     rc = fsc_stmt(db, FSC_ST_ACK, &st);
     if (rc != 0)
       goto fail;
@@ -632,10 +650,31 @@ int fsc_store_ack(fieldsync_db *db, const struct fsc_ack *a, size_t n) {
     if (rc != 0)
       goto fail;
   }
+  /* A refused version keeps its change number (it is still not
+   * acknowledged); a later save of the same content is not marked. */
+  for (i = 0; i < nr; i++) {
+    rc = fsc_stmt(db, FSC_ST_REFUSE, &st);
+    if (rc != 0)
+      goto fail;
+    sqlite3_bind_blob(st, 1, r[i].id, FSP_ID_LEN, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 2, r[i].hash, FSP_HASH_LEN, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, r[i].pending);
+    sqlite3_bind_int(st, 4, r[i].code);
+    sqlite3_bind_text(st, 5, r[i].reason != NULL ? r[i].reason : "", -1,
+                      SQLITE_STATIC);
+    sqlite3_bind_int64(st, 6, now);
+    rc = step_done(db, st, "marking a version refused");
+    if (rc != 0)
+      goto fail;
+  }
   return fsc_commit(db);
 fail:
   fsc_rollback(db);
   return rc;
+}
+
+int fsc_store_ack(fieldsync_db *db, const struct fsc_ack *a, size_t n) {
+  return fsc_store_answer(db, a, n, NULL, 0);
 }
 
 int fsc_store_cursor(fieldsync_db *db, uint64_t *cursor) {
@@ -674,6 +713,8 @@ int fsc_store_server(fieldsync_db *db, const uint8_t server_id[16]) {
   }
   if (rc == 0)
     rc = meta_set_int(db, "pull_cursor", 0);
+  if (rc == 0)
+    rc = fsc_scope_forget(db);
   if (rc == 0)
     return fsc_commit(db);
   fsc_rollback(db);
@@ -835,8 +876,15 @@ done:
   return rc;
 }
 
-int fsc_store_apply(fieldsync_db *db, Fieldsync__Change *const *changes,
-                    size_t n, uint64_t cursor, struct fsc_apply_stats *stats) {
+/* A wire ScopeKey (validated: a known kind and a 16-byte id) as ours. */
+static void scope_from_pb(const Fieldsync__ScopeKey *k, struct fsc_scope *sc) {
+  sc->kind = (int)k->kind;
+  memcpy(sc->id, k->id.data, FSP_ID_LEN);
+}
+
+int fsc_store_apply_changes(fieldsync_db *db, const Fieldsync__Changes *ch,
+                            struct fsc_apply_stats *stats) {
+  struct fsc_backfill bf;
   size_t i;
   int rc;
 
@@ -844,18 +892,57 @@ int fsc_store_apply(fieldsync_db *db, Fieldsync__Change *const *changes,
   rc = fsc_begin(db);
   if (rc != 0)
     return rc;
-  for (i = 0; i < n; i++) {
-    rc = apply_one(db, changes[i], stats);
+  /* Removals first: a change of a removed scope in the same message is a
+   * newer grant, and is kept. */
+  for (i = 0; i < ch->n_removed_scopes; i++) {
+    struct fsc_scope sc;
+
+    scope_from_pb(ch->removed_scopes[i], &sc);
+    rc = fsc_scope_remove(db, &sc, &stats->removed, &stats->quarantined);
     if (rc != 0)
       goto fail;
   }
-  rc = meta_set_int(db, "pull_cursor", (int64_t)cursor);
+  for (i = 0; i < ch->n_changes; i++) {
+    rc = apply_one(db, ch->changes[i], stats);
+    if (rc != 0)
+      goto fail;
+  }
+  memset(&bf, 0, sizeof(bf));
+  if (ch->backfill_scope != NULL) {
+    /* A backfill page: the cursor stays where it is. */
+    scope_from_pb(ch->backfill_scope, &bf.scope);
+    if (ch->has_backfill_done && ch->backfill_done) {
+      rc = fsc_scope_hold(db, &bf.scope);
+    } else {
+      bf.active = true;
+      bf.after = ch->backfill_next;
+    }
+    if (rc == 0)
+      rc = fsc_scope_set_backfill(db, &bf);
+  } else {
+    /* A feed page: the server has no scope left to backfill, so a stored
+     * position is stale. */
+    rc = meta_set_int(db, "pull_cursor", (int64_t)ch->next_cursor);
+    if (rc == 0)
+      rc = fsc_scope_set_backfill(db, &bf);
+  }
   if (rc != 0)
     goto fail;
   return fsc_commit(db);
 fail:
   fsc_rollback(db);
   return rc;
+}
+
+int fsc_store_apply(fieldsync_db *db, Fieldsync__Change *const *changes,
+                    size_t n, uint64_t cursor, struct fsc_apply_stats *stats) {
+  Fieldsync__Changes ch = FIELDSYNC__CHANGES__INIT;
+
+  ch.n_changes = n;
+  ch.changes = (Fieldsync__Change **)changes;
+  ch.has_next_cursor = 1;
+  ch.next_cursor = cursor;
+  return fsc_store_apply_changes(db, &ch, stats);
 }
 
 /* ---- payload checks and JSON ------------------------------------------- */
@@ -871,9 +958,16 @@ int fsc_check_payload(fieldsync_db *db, const struct fsp_collection *col,
   return 0;
 }
 
+const char *fsc_wire_code_name(int code) {
+  const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(
+      &fieldsync__error_code__descriptor, code);
+
+  return v != NULL ? v->name : "ERR_UNKNOWN";
+}
+
 /* Formats ms since the epoch as "YYYY-MM-DDTHH:MM:SS.mmmZ" (UTC), with the
  * civil-from-days algorithm, so no OS time call is needed. */
-static void iso_time(int64_t ms, char *out, size_t cap) {
+void fsc_iso_time(int64_t ms, char *out, size_t cap) {
   int64_t secs = ms >= 0 ? ms / 1000 : (ms - 999) / 1000;
   int64_t days = secs >= 0 ? secs / 86400 : (secs - 86399) / 86400;
   int64_t rem = secs - days * 86400;
@@ -918,7 +1012,7 @@ static json_t *version_json(const struct fsp_collection *col,
   }
   vv = NULL;
   fsc_hex(v->hash, FSP_HASH_LEN, hex);
-  iso_time(v->time_ms, when, sizeof(when));
+  fsc_iso_time(v->time_ms, when, sizeof(when));
   if (!v->deleted) {
     ProtobufCMessage *msg = fsc_fields_unpack(col->desc, v->payload, v->len);
     if (msg == NULL)
@@ -928,14 +1022,19 @@ static json_t *version_json(const struct fsp_collection *col,
   } else {
     fields = json_object();
   }
-  if (fields == NULL ||
-      json_object_set_new(o, "hash", json_string(hex)) != 0 ||
+  if (fields == NULL || json_object_set_new(o, "hash", json_string(hex)) != 0 ||
       json_object_set_new(o, "deleted", json_boolean(v->deleted)) != 0 ||
-      json_object_set_new(o, "author", v->author != NULL
-                                           ? json_string(v->author)
-                                           : json_null()) != 0 ||
+      json_object_set_new(o, "author",
+                          v->author != NULL ? json_string(v->author)
+                                            : json_null()) != 0 ||
       json_object_set_new(o, "time", json_string(when)) != 0 ||
       json_object_set_new(o, "pending", json_boolean(v->pending > 0)) != 0 ||
+      json_object_set_new(o, "refused",
+                          v->refused
+                              ? json_pack("{s:s, s:s}", "code",
+                                          fsc_wire_code_name(v->refused_code),
+                                          "reason", v->refused_reason)
+                              : json_null()) != 0 ||
       json_object_set_new(o, "fields", fields) != 0)
     goto fail;
   return o;

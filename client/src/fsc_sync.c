@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /* The client side of a sync session (PROTOCOL.md "Session", "Push
- * Semantics", "Pull Semantics"): connect, Hello/Welcome, push every
- * unacknowledged local version in batches, pull the server's feed, Bye.
+ * Semantics", "Pull Semantics", "Scopes"): connect, Hello/Welcome, push
+ * every unacknowledged local version in batches (refusals are marked),
+ * pull the server's feed and backfills with the held scopes, Bye; a
+ * revoked device quarantines its unacknowledged work and wipes the rest.
  * Bytes (fsc_tls: TLS, or plain TCP when asked for) -> frames (fsp_frame)
  * -> messages (fsp_msg) -> the store's sync slots (fsc_store_*) are
  * separate steps. Also the asynchronous form, which runs one sync on a
@@ -27,6 +29,9 @@
  * protocol_version (2), the push field's tag and length (1 + 5) and the
  * batch_id (1 + 10), rounded up. */
 #define SYNC_PUSH_OVERHEAD 32u
+/* Backfills one session may begin (a continued one counts once): twice the
+ * scopes a replica may hold, so a legitimate session never meets it. */
+#define SYNC_MAX_BACKFILLS (2u * FSP_MAX_HELD_SCOPES)
 
 /* One session's state. */
 struct sync {
@@ -46,6 +51,12 @@ struct sync {
   size_t batch;         /* versions per Push and per Pull */
   uint64_t batch_id;    /* of the last Push sent */
   size_t push_done;     /* versions handled by the push phase so far */
+  /* Backfills in this session: the scope of the last backfill page, and
+   * whether it was unfinished (the next page may continue it). */
+  struct fsc_scope bf_cur;
+  bool bf_open;
+  size_t bf_begun;   /* backfills begun, for SYNC_MAX_BACKFILLS */
+  char revoked[256]; /* ERR_REVOKED's message, when the server sent it */
 };
 
 /* A Change built from an outgoing version; it points into the version. */
@@ -93,10 +104,7 @@ static void sanitize(char *s) {
 
 /* The wire name of an ErrorCode, e.g. "ERR_FORBIDDEN". */
 static const char *wire_code_name(int code) {
-  const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(
-      &fieldsync__error_code__descriptor, code);
-
-  return v != NULL ? v->name : "ERR_UNKNOWN";
+  return fsc_wire_code_name(code);
 }
 
 static const char *outcome_name(Fieldsync__Outcome o) {
@@ -176,12 +184,20 @@ static int proto_fail(struct sync *s, int wire, const char *fmt, ...) {
   return FIELDSYNC_EPROTOCOL;
 }
 
-/* Turns an Error from the server into FIELDSYNC_EAUTH or
+/* Turns an Error from the server into FIELDSYNC_EAUTH, FIELDSYNC_EREVOKED
+ * (its message kept in s->revoked for the wipe that follows) or
  * FIELDSYNC_ESERVER with "server: ERR_<CODE>: <message>". */
 static int server_error(struct sync *s, const Fieldsync__Error *e) {
-  int code = e->code == FIELDSYNC__ERROR_CODE__ERR_UNAUTHENTICATED
-                 ? FIELDSYNC_EAUTH
-                 : FIELDSYNC_ESERVER;
+  int code =
+      e->code == FIELDSYNC__ERROR_CODE__ERR_UNAUTHENTICATED ? FIELDSYNC_EAUTH
+      : e->code == FIELDSYNC__ERROR_CODE__ERR_REVOKED       ? FIELDSYNC_EREVOKED
+                                                            : FIELDSYNC_ESERVER;
+
+  if (code == FIELDSYNC_EREVOKED) {
+    snprintf(s->revoked, sizeof(s->revoked), "%s",
+             e->message != NULL ? e->message : "");
+    sanitize(s->revoked);
+  }
 
   if (e->message != NULL && e->message[0] != '\0')
     fsc_err(s->db, code, "server: %s: %s", wire_code_name((int)e->code),
@@ -612,18 +628,21 @@ static int check_ack(struct sync *s, const struct batch *b,
 }
 
 /* Sends the Push of b (unless every version was held back), waits for its
- * PushAck, records every version not refused as acknowledged in one
- * transaction, and only then reports the outcomes, in the order the
- * versions were made. Refused and held-back versions stay pending. */
+ * PushAck, records in one transaction every version not refused as
+ * acknowledged and every refused one as refused, and only then reports
+ * the outcomes, in the order the versions were made. Held-back versions
+ * stay pending, unmarked. */
 static int push_batch(struct sync *s, const struct fsc_outgoing *o,
                       const struct batch *b) {
   Fieldsync__Envelope env = FIELDSYNC__ENVELOPE__INIT;
   Fieldsync__Push push = FIELDSYNC__PUSH__INIT;
   const Fieldsync__PushAck *a = NULL;
   struct fsc_ack *acks = NULL;
+  struct fsc_refusal *refs = NULL;
   struct fsp_msg m;
   char reason[FSP_DEFAULT_MAX_STRING + 64];
   size_t nack = 0;
+  size_t nref = 0;
   size_t i;
   size_t j;
   int rc = 0;
@@ -647,23 +666,33 @@ static int push_batch(struct sync *s, const struct fsc_outgoing *o,
     if (rc != 0)
       goto done;
     acks = fsp_malloc(b->k * sizeof(*acks));
-    if (acks == NULL) {
+    refs = fsp_malloc(b->k * sizeof(*refs));
+    if (acks == NULL || refs == NULL) {
       rc = fsc_err(s->db, FIELDSYNC_ENOMEM, "out of memory");
       goto done;
     }
     for (j = 0; j < b->k; j++) {
-      if (a->outcomes[j]->outcome == FIELDSYNC__OUTCOME__OUTCOME_REFUSED)
+      const Fieldsync__RecordOutcome *r = a->outcomes[j];
+      const struct fsc_outgoing *x = &o[b->idx[j]];
+
+      if (r->outcome == FIELDSYNC__OUTCOME__OUTCOME_REFUSED) {
+        /* fsp_msg checked that a refusal has a known reason_code. */
+        memcpy(refs[nref].id, x->id, FSP_ID_LEN);
+        memcpy(refs[nref].hash, x->v.hash, FSP_HASH_LEN);
+        refs[nref].pending = x->v.pending;
+        refs[nref].code = (int)r->reason_code;
+        refs[nref].reason = r->reason;
+        nref++;
         continue;
-      memcpy(acks[nack].id, o[b->idx[j]].id, FSP_ID_LEN);
-      memcpy(acks[nack].hash, o[b->idx[j]].v.hash, FSP_HASH_LEN);
-      acks[nack].pending = o[b->idx[j]].v.pending;
+      }
+      memcpy(acks[nack].id, x->id, FSP_ID_LEN);
+      memcpy(acks[nack].hash, x->v.hash, FSP_HASH_LEN);
+      acks[nack].pending = x->v.pending;
       nack++;
     }
-    if (nack > 0) {
-      rc = fsc_store_ack(s->db, acks, nack);
-      if (rc != 0)
-        goto done;
-    }
+    rc = fsc_store_answer(s->db, acks, nack, refs, nref);
+    if (rc != 0)
+      goto done;
     s->st->pushed += b->k;
     s->st->acked += nack;
   }
@@ -701,13 +730,16 @@ static int push_batch(struct sync *s, const struct fsc_outgoing *o,
     s->opts->progress("push", s->push_done, 0, s->opts->progress_data);
 done:
   fsp_free(acks);
+  fsp_free(refs);
   fsp_msg_close(&m);
   return rc;
 }
 
 /* Pushes every pending version, batch by batch, in the order they were
- * made. `last` moves past each batch, so versions the server refused (which
- * stay pending) are not offered twice in one session. */
+ * made. Versions the server refused are marked and no longer offered;
+ * `last` moves past each batch, so versions held back (too large for the
+ * server, which stay pending unmarked) are not offered twice in one
+ * session either. */
 static int push_all(struct sync *s) {
   int64_t last = 0;
 
@@ -737,36 +769,178 @@ static int push_all(struct sync *s) {
 
 /* ---- pull -------------------------------------------------------------- */
 
-/* Checks one Changes against the Pull that asked for it and applies it
- * with its next_cursor in one transaction. *cursor moves on success. */
-static int apply_changes(struct sync *s, const Fieldsync__Changes *ch,
-                         uint64_t *cursor) {
-  struct fsc_apply_stats ast;
+/* What one Pull carries besides its cursor: the held scopes (sorted, as
+ * the protocol requires) and the stored backfill position, as wire
+ * messages pointing into held and bf. */
+struct pull_req {
+  struct fsc_scope *held; /* fsp_malloc'd */
+  size_t nheld;
+  Fieldsync__ScopeKey *keys;
+  Fieldsync__ScopeKey **kp;
+  Fieldsync__ScopeKey bfkey;
+  struct fsc_backfill bf;
+};
+
+static void scope_to_pb(const struct fsc_scope *sc, Fieldsync__ScopeKey *k) {
+  fieldsync__scope_key__init(k);
+  k->has_kind = 1;
+  k->kind = (Fieldsync__ScopeKind)sc->kind;
+  k->has_id = 1;
+  k->id.data = (uint8_t *)sc->id;
+  k->id.len = FSP_ID_LEN;
+}
+
+static bool scope_eq(const struct fsc_scope *a, const struct fsc_scope *b) {
+  return a->kind == b->kind && memcmp(a->id, b->id, FSP_ID_LEN) == 0;
+}
+
+/* "visit 0194...", for messages. */
+static void scope_text(const Fieldsync__ScopeKey *k, char *out, size_t cap) {
+  char hex[2 * FSP_ID_LEN + 1];
+
+  fsc_hex(k->id.data, FSP_ID_LEN, hex);
+  if (k->kind == FIELDSYNC__SCOPE_KIND__SCOPE_VISIT)
+    snprintf(out, cap, "visit %s", hex);
+  else if (k->kind == FIELDSYNC__SCOPE_KIND__SCOPE_SERVICE)
+    snprintf(out, cap, "service %s", hex);
+  else
+    snprintf(out, cap, "scope %d:%s", (int)k->kind, hex);
+}
+
+static void pull_req_close(struct pull_req *p) {
+  fsp_free(p->held);
+  fsp_free(p->keys);
+  fsp_free(p->kp);
+  memset(p, 0, sizeof(*p));
+}
+
+/* Loads the held scopes and the backfill position and fills pull with
+ * them (and the cursor and batch size). */
+static int pull_req_init(struct sync *s, struct pull_req *p, uint64_t cursor,
+                         Fieldsync__Pull *pull) {
+  size_t i;
   int rc;
 
+  memset(p, 0, sizeof(*p));
+  rc = fsc_scope_held(s->db, &p->held, &p->nheld);
+  if (rc == 0)
+    rc = fsc_scope_backfill(s->db, &p->bf);
+  if (rc != 0)
+    return rc;
+  /* fsc_scope_hold never lets the set grow past the limit. */
+  assert(p->nheld <= FSP_MAX_HELD_SCOPES);
+  if (p->nheld > 0) {
+    p->keys = fsp_calloc(p->nheld, sizeof(*p->keys));
+    p->kp = fsp_calloc(p->nheld, sizeof(*p->kp));
+    if (p->keys == NULL || p->kp == NULL)
+      return fsc_err(s->db, FIELDSYNC_ENOMEM, "out of memory");
+  }
+  for (i = 0; i < p->nheld; i++) {
+    scope_to_pb(&p->held[i], &p->keys[i]);
+    p->kp[i] = &p->keys[i];
+    assert(i == 0 || fsp_scope_cmp(p->held[i - 1].kind, p->held[i - 1].id,
+                                   p->held[i].kind, p->held[i].id) < 0);
+  }
+  fieldsync__pull__init(pull);
+  pull->has_cursor = 1;
+  pull->cursor = cursor;
+  pull->has_max_records = 1;
+  pull->max_records = (uint32_t)s->batch;
+  pull->n_held_scopes = p->nheld;
+  pull->held_scopes = p->kp;
+  if (p->bf.active) {
+    scope_to_pb(&p->bf.scope, &p->bfkey);
+    pull->backfill_scope = &p->bfkey;
+    pull->has_backfill_after = 1;
+    pull->backfill_after = p->bf.after;
+  }
+  return 0;
+}
+
+/* Checks one Changes against the Pull p that asked for it (fsp_msg has
+ * validated each field on its own). Every answer that asks for another
+ * Pull (more) must make progress, or a server could keep us pulling
+ * forever: a feed page moves the cursor; a backfill page finishes its
+ * scope or moves backfill_next past the position the Pull sent (0 for a
+ * scope other than the stored one); and one session begins at most
+ * SYNC_MAX_BACKFILLS backfills. *cont is set when the page continues this
+ * session's unfinished backfill. */
+static int check_changes(struct sync *s, const Fieldsync__Changes *ch,
+                         uint64_t cursor, const struct pull_req *p,
+                         bool *cont) {
+  bool more = ch->has_more && ch->more;
+  bool done = ch->has_backfill_done && ch->backfill_done;
+  struct fsc_scope sc;
+  char what[80];
+  uint64_t prev;
+
+  *cont = false;
   if (ch->n_changes > s->batch)
     return proto_fail(s, FIELDSYNC__ERROR_CODE__ERR_INVALID,
                       "changes: %zu changes, the Pull asked for at most %zu",
                       ch->n_changes, s->batch);
-  if (ch->next_cursor < *cursor)
+  if (ch->next_cursor < cursor)
     return proto_fail(s, FIELDSYNC__ERROR_CODE__ERR_INVALID,
                       "changes.next_cursor: %llu, behind the cursor %llu",
                       (unsigned long long)ch->next_cursor,
-                      (unsigned long long)*cursor);
-  /* Without this check a server could keep us pulling forever. */
-  if (ch->has_more && ch->more && ch->n_changes == 0 &&
-      ch->next_cursor == *cursor)
+                      (unsigned long long)cursor);
+  if (ch->backfill_scope == NULL) {
+    if (more && ch->next_cursor == cursor)
+      return proto_fail(s, FIELDSYNC__ERROR_CODE__ERR_INVALID,
+                        "changes: more is set, but next_cursor did not move "
+                        "from %llu",
+                        (unsigned long long)cursor);
+    return 0;
+  }
+  scope_text(ch->backfill_scope, what, sizeof(what));
+  sc.kind = (int)ch->backfill_scope->kind;
+  memcpy(sc.id, ch->backfill_scope->id.data, FSP_ID_LEN);
+  if (ch->next_cursor != cursor)
     return proto_fail(s, FIELDSYNC__ERROR_CODE__ERR_INVALID,
-                      "changes: more is set, but the batch is empty and "
-                      "next_cursor did not move");
-  if (ch->n_changes == 0 && ch->next_cursor == *cursor)
+                      "changes.next_cursor: %llu in a backfill of %s, not "
+                      "the Pull's cursor %llu",
+                      (unsigned long long)ch->next_cursor, what,
+                      (unsigned long long)cursor);
+  if (!done && !ch->has_backfill_next)
+    return proto_fail(s, FIELDSYNC__ERROR_CODE__ERR_INVALID,
+                      "changes.backfill_next: missing in an unfinished "
+                      "backfill of %s",
+                      what);
+  *cont = s->bf_open && scope_eq(&s->bf_cur, &sc);
+  if (!*cont && s->bf_begun >= SYNC_MAX_BACKFILLS)
+    return proto_fail(s, FIELDSYNC__ERROR_CODE__ERR_LIMIT_EXCEEDED,
+                      "changes: a backfill of %s, but %u backfills began in "
+                      "this session already",
+                      what, SYNC_MAX_BACKFILLS);
+  prev = p->bf.active && scope_eq(&p->bf.scope, &sc) ? p->bf.after : 0;
+  if (more && !done && ch->backfill_next <= prev)
+    return proto_fail(s, FIELDSYNC__ERROR_CODE__ERR_INVALID,
+                      "changes: more is set, but the backfill of %s did not "
+                      "advance (backfill_next %llu, position %llu)",
+                      what, (unsigned long long)ch->backfill_next,
+                      (unsigned long long)prev);
+  return 0;
+}
+
+/* Checks one Changes and applies it (removals, changes, backfill state or
+ * next_cursor) in one transaction. *cursor moves on success. */
+static int apply_changes(struct sync *s, const Fieldsync__Changes *ch,
+                         const struct pull_req *p, uint64_t *cursor) {
+  struct fsc_apply_stats ast;
+  bool cont;
+  int rc = check_changes(s, ch, *cursor, p, &cont);
+
+  if (rc != 0)
+    return rc;
+  if (ch->n_changes == 0 && ch->n_removed_scopes == 0 &&
+      ch->backfill_scope == NULL && ch->next_cursor == *cursor && !p->bf.active)
     return 0; /* nothing new: no transaction needed */
-  rc =
-      fsc_store_apply(s->db, ch->changes, ch->n_changes, ch->next_cursor, &ast);
+  rc = fsc_store_apply_changes(s->db, ch, &ast);
   if (rc == FIELDSYNC_EVALUE) {
     /* fsp_msg validated the envelope, but a payload failed its
-     * collection's rules, or a change contradicts a stored record: the
-     * server sent data it should not have. Nothing of the batch is kept. */
+     * collection's rules, a change contradicts a stored record, or the
+     * held scopes would pass their limit: the server sent data it should
+     * not have. Nothing of the batch is kept. */
     char why[sizeof(s->db->errmsg)];
     snprintf(why, sizeof(why), "%s", s->db->errmsg);
     return proto_fail(s, FIELDSYNC__ERROR_CODE__ERR_INVALID, "changes: %s",
@@ -777,12 +951,25 @@ static int apply_changes(struct sync *s, const Fieldsync__Changes *ch,
   s->st->pulled += ch->n_changes;
   s->st->applied += ast.applied;
   s->st->pull_conflicts += ast.conflicts;
+  s->st->removed += ast.removed;
+  s->st->quarantined += ast.quarantined;
+  if (ch->backfill_scope != NULL) {
+    if (!cont)
+      s->bf_begun++;
+    s->bf_cur.kind = (int)ch->backfill_scope->kind;
+    memcpy(s->bf_cur.id, ch->backfill_scope->id.data, FSP_ID_LEN);
+    s->bf_open = !(ch->has_backfill_done && ch->backfill_done);
+  } else {
+    s->bf_open = false;
+  }
   *cursor = ch->next_cursor;
   s->st->cursor = *cursor;
   return 0;
 }
 
-/* Pulls from the stored cursor while the server says there is more. */
+/* Pulls from the stored cursor while the server says there is more. Each
+ * Pull carries the held scopes and the backfill position as stored after
+ * the previous answer. */
 static int pull_all(struct sync *s) {
   uint64_t cursor;
   bool more = true;
@@ -793,24 +980,28 @@ static int pull_all(struct sync *s) {
   s->st->cursor = cursor;
   while (more) {
     Fieldsync__Envelope env = FIELDSYNC__ENVELOPE__INIT;
-    Fieldsync__Pull pull = FIELDSYNC__PULL__INIT;
+    Fieldsync__Pull pull;
+    struct pull_req p;
     struct fsp_msg m;
 
-    pull.has_cursor = 1;
-    pull.cursor = cursor;
-    pull.has_max_records = 1;
-    pull.max_records = (uint32_t)s->batch;
+    rc = pull_req_init(s, &p, cursor, &pull);
+    if (rc != 0) {
+      pull_req_close(&p);
+      return rc;
+    }
     env.body_case = FIELDSYNC__ENVELOPE__BODY_PULL;
     env.pull = &pull;
     rc = send_env(s, &env, "sending Pull");
-    if (rc != 0)
+    if (rc == 0)
+      rc = recv_msg(s, FIELDSYNC__ENVELOPE__BODY_CHANGES, "changes", &m);
+    if (rc != 0) {
+      pull_req_close(&p);
       return rc;
-    rc = recv_msg(s, FIELDSYNC__ENVELOPE__BODY_CHANGES, "changes", &m);
-    if (rc != 0)
-      return rc;
+    }
     more = m.env->changes->has_more && m.env->changes->more;
-    rc = apply_changes(s, m.env->changes, &cursor);
+    rc = apply_changes(s, m.env->changes, &p, &cursor);
     fsp_msg_close(&m);
+    pull_req_close(&p);
     if (rc != 0)
       return rc;
     if (s->opts->progress != NULL)
@@ -956,6 +1147,39 @@ static int check_opts(fieldsync_db *db, const struct fieldsync_sync_opts *o,
 
 /* ---- the session ------------------------------------------------------- */
 
+/* The server revoked this device (PROTOCOL.md "Tokens, scope and logs"):
+ * quarantine every unacknowledged version, then wipe the records, cursor,
+ * held scopes and server binding, in one transaction. Returns
+ * FIELDSYNC_EREVOKED, or the local error that kept the wipe from
+ * happening (nothing changed; the next sync tries again). */
+static int revoke(struct sync *s) {
+  size_t removed = 0;
+  size_t quarantined = 0;
+  char why[sizeof(s->revoked) + 32];
+  int rc = fsc_scope_wipe(s->db, &removed, &quarantined);
+
+  if (s->revoked[0] != '\0')
+    snprintf(why, sizeof(why), " (ERR_REVOKED: %.200s)", s->revoked);
+  else
+    snprintf(why, sizeof(why), " (ERR_REVOKED)");
+  if (rc != 0) {
+    char err[sizeof(s->db->errmsg)];
+    snprintf(err, sizeof(err), "%s", s->db->errmsg);
+    return fsc_err(s->db, rc,
+                   "server: this device was revoked%s, but wiping the local "
+                   "data failed (the next sync tries again): %.200s",
+                   why, err);
+  }
+  s->st->removed += removed;
+  s->st->quarantined += quarantined;
+  s->st->cursor = 0;
+  return fsc_err(s->db, FIELDSYNC_EREVOKED,
+                 "server: this device was revoked%s: local data wiped; %zu "
+                 "unacknowledged version%s kept in the quarantine (fieldsync "
+                 "quarantine)",
+                 why, quarantined, quarantined == 1 ? "" : "s");
+}
+
 int fieldsync_sync(fieldsync_db *db, const struct fieldsync_sync_opts *opts,
                    struct fieldsync_sync_stats *stats) {
   struct fieldsync_sync_stats local;
@@ -1002,6 +1226,8 @@ int fieldsync_sync(fieldsync_db *db, const struct fieldsync_sync_opts *opts,
     rc = push_all(&s);
   if (rc == 0)
     rc = pull_all(&s);
+  if (rc == FIELDSYNC_EREVOKED)
+    rc = revoke(&s);
   if (rc == 0) {
     say_bye(&s);
     /* Lookups inside the store leave notes such as "no record ..." that

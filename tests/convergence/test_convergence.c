@@ -180,7 +180,7 @@ struct server {
   struct test_server srv;
   char dir[240];
   char db[280];
-  char tokens[MAXC][128];
+  char tokens[MAXC + 1][128]; /* one per replica, then the observer's */
   bool up;
 };
 
@@ -1366,7 +1366,7 @@ static const char *tmp_base(void) {
 struct part {
   char dir[200];
   char tmpl[260];
-  char tokens[MAXC][128];
+  char tokens[MAXC + 1][128]; /* a token is bound to one replica */
   unsigned servers;
 };
 
@@ -1379,11 +1379,13 @@ static void part_init(struct part *p) {
   if (mkdtemp(p->dir) == NULL)
     test_fail(__FILE__, __LINE__, "mkdtemp %s: %s", p->dir, strerror(errno));
   snprintf(p->tmpl, sizeof(p->tmpl), "%s/template.db", p->dir);
+  /* A head office user: every replica sees every record, so all must
+   * converge to the same state (scoped devices: integration_scope). */
   {
-    const char *a[] = {"user", "add", "lead", "--role", "inspector", NULL};
+    const char *a[] = {"user", "add", "lead", "--role", "head_office", NULL};
     proc_admin_run(admin, p->tmpl, a, out, sizeof(out));
   }
-  for (i = 0; i < MAXC; i++) {
+  for (i = 0; i <= MAXC; i++) {
     const char *a[] = {"device", "add", "lead", NULL};
     proc_admin_run(admin, p->tmpl, a, out, sizeof(out));
     ASSERT(sscanf(out, "%127s", p->tokens[i]) == 1);
@@ -1416,7 +1418,7 @@ static void server_up(struct server *s, struct part *p) {
     test_fail(__FILE__, __LINE__, "mkdir %s: %s", s->dir, strerror(errno));
   snprintf(s->db, sizeof(s->db), "%s/server.db", s->dir);
   copy_file(p->tmpl, s->db);
-  for (i = 0; i < MAXC; i++)
+  for (i = 0; i <= MAXC; i++)
     snprintf(s->tokens[i], sizeof(s->tokens[i]), "%s", p->tokens[i]);
   cleanup_server = s;
   server_start(&s->srv, fieldsyncd, s->db, NULL);
@@ -1507,7 +1509,7 @@ static void check_whole_server(struct server *s, uint64_t seed) {
   ASSERT_OK(fieldsync_open(path, FIELDSYNC_OPEN_CREATE, "observer", &db));
   memset(&o, 0, sizeof(o));
   o.server = s->srv.addr;
-  o.token = s->tokens[0];
+  o.token = s->tokens[MAXC];
   o.plaintext = 1;
   o.timeout_ms = SYNC_TIMEOUT_MS;
   o.batch = 1 + (unsigned)(seed % 97);

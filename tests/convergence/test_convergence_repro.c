@@ -80,7 +80,7 @@ static void setup(void) {
   snprintf(srvdb, sizeof(srvdb), "%s/server.db", dir);
   {
     char *a[] = {(char *)admin, "--db",   srvdb,       "user", "add",
-                 "lead",        "--role", "inspector", NULL};
+                 "lead",        "--role", "head_office", NULL};
     admin_run(a, out, sizeof(out));
   }
   for (i = 0; i < 2; i++) {

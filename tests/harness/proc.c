@@ -130,6 +130,32 @@ int proc_run(char *const argv[], char *out, size_t outcap, char *err,
   return WEXITSTATUS(status);
 }
 
+pid_t proc_start(char *const argv[]) {
+  pid_t pid = fork();
+
+  ASSERT(pid >= 0);
+  if (pid == 0) {
+    int devnull = open("/dev/null", O_RDWR);
+    dup2(devnull, 0);
+    dup2(devnull, 1);
+    dup2(devnull, 2);
+    execv(argv[0], argv);
+    _exit(127);
+  }
+  return pid;
+}
+
+int proc_wait(pid_t pid, int timeout_ms) {
+  int status = 0;
+  int rc = wait_deadline(pid, proc_now_ms() + timeout_ms, &status);
+
+  if (rc < 0)
+    return -1;
+  if (WIFSIGNALED(status))
+    return 128 + WTERMSIG(status);
+  return WEXITSTATUS(status);
+}
+
 /* True when the NULL-terminated list (may be NULL) holds arg. */
 static bool has_arg(const char *const *list, const char *arg) {
   while (list != NULL && *list != NULL)

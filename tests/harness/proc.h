@@ -17,6 +17,14 @@
 int proc_run(char *const argv[], char *out, size_t outcap, char *err,
              size_t errcap, int timeout_ms);
 
+/* Starts argv (argv[0] is the path) in the background, with stdin,
+ * stdout and stderr on /dev/null; returns its pid (fails the test if it
+ * cannot fork). Reap it with proc_wait. */
+pid_t proc_start(char *const argv[]);
+/* Waits at most timeout_ms for pid, then SIGKILLs it. Returns its exit
+ * status, 128+signal when killed by a signal, or -1 on error. */
+int proc_wait(pid_t pid, int timeout_ms);
+
 struct test_server {
   pid_t pid;
   int port;

@@ -343,15 +343,26 @@ static const char *const req_text_lead =
 static const char *const req_due = "2025-04-30";
 static const char *const req_due_second = "2025-05-30";
 
-/* (a) A key inspection: the lead sets it up, the team records offline, two
- * inspectors edit one requirement concurrently, head office resolves it,
- * and every replica ends with the same data and no conflict. */
+/* Assigns the visit (32 hex) to user on the server. */
+static void assign(const char *visit, const char *user) {
+  char out[256];
+  const char *a[] = {"assign", visit, user, NULL};
+
+  proc_admin_run(admin, srvdb, a, out, sizeof(out));
+}
+
+/* (a) A key inspection: head office sets it up and assigns the team, the
+ * team records offline, two inspectors edit one requirement concurrently,
+ * head office resolves it, and every replica ends with the same data of
+ * its scope and no conflict: the inspectors and head office everything of
+ * the visit, the Expert by Experience the visit and their own notes. */
 TEST(field_visit_conflict_resolution) {
   struct replica lead;
   struct replica second;
   struct replica expert;
   struct replica office;
   struct replica *all[4] = {&lead, &second, &expert, &office};
+  struct replica *full[3] = {&lead, &second, &office}; /* see everything */
   struct tally t;
   struct fieldsync_sync_stats st;
   uint64_t rng = test_seed();
@@ -371,7 +382,7 @@ TEST(field_visit_conflict_resolution) {
   replica_init(&office, "office", "head_office");
   server_start(&srv, fieldsyncd, srvdb, NULL);
 
-  /* The lead registers the service and plans the key visit. */
+  /* Head office registers the service and plans the key visit. */
   {
     const struct kv kv[] = {
         {"name", "Hillview House"},
@@ -388,7 +399,7 @@ TEST(field_visit_conflict_resolution) {
         {"next_key_inspection_due", "2025-03-31"},
         {NULL, NULL},
     };
-    create(lead.db, "service", kv, service);
+    create(office.db, "service", kv, service);
   }
   {
     const struct kv kv[] = {
@@ -398,16 +409,28 @@ TEST(field_visit_conflict_resolution) {
         {"inspectors", "second"},   {"experts", "expert"},
         {"status", "planned"},      {NULL, NULL},
     };
-    create(lead.db, "visit", kv, visit);
+    create(office.db, "visit", kv, visit);
   }
-  sync_one(&lead, &t, &st);
+  sync_one(&office, &t, &st);
   ASSERT_EQ(st.pushed, 2);
   ASSERT_EQ(t.applied, 2);
-  for (i = 1; i < 4; i++) {
+  /* Before the assignment the team's tablets receive nothing. */
+  for (i = 0; i < 3; i++) {
+    sync_one(all[i], &t, &st);
+    ASSERT_EQ(st.pulled, 0);
+    ASSERT_EQ(count(all[i]->db, NULL, 0), 0);
+  }
+  assign(visit, "lead");
+  assign(visit, "second");
+  assign(visit, "expert");
+  /* Now the visit and its service arrive, although their seqs are below
+   * each tablet's cursor (backfill); the expert gets the visit only. */
+  for (i = 0; i < 3; i++) {
+    size_t want = all[i] == &expert ? 1 : 2;
     sync_one(all[i], &t, &st);
     ASSERT_EQ(st.pushed, 0);
-    ASSERT_EQ(st.applied, 2);
-    ASSERT_EQ(count(all[i]->db, NULL, 0), 2);
+    ASSERT_EQ(st.applied, want);
+    ASSERT_EQ(count(all[i]->db, NULL, 0), want);
   }
 
   /* Offline fieldwork: OP7..OP30 split between the two inspectors. */
@@ -465,14 +488,18 @@ TEST(field_visit_conflict_resolution) {
   /* Back in the office: everyone syncs (twice, so the first to sync also
    * gets what the later ones pushed). */
   sync_until_quiet(all, 4);
-  for (i = 0; i < 4; i++) {
-    ASSERT_EQ(count(all[i]->db, "observation", 0), 24);
-    ASSERT_EQ(count(all[i]->db, "interview_note", 0), 3);
-    ASSERT_EQ(count(all[i]->db, "requirement", 0), 1);
-    ASSERT_EQ(count(all[i]->db, NULL, 1), 0);
+  for (i = 0; i < 3; i++) {
+    ASSERT_EQ(count(full[i]->db, "observation", 0), 24);
+    ASSERT_EQ(count(full[i]->db, "interview_note", 0), 3);
+    ASSERT_EQ(count(full[i]->db, "requirement", 0), 1);
+    ASSERT_EQ(count(full[i]->db, NULL, 1), 0);
   }
-  assert_exports_equal(all, 4, &nrec);
+  assert_exports_equal(full, 3, &nrec);
   ASSERT_EQ(nrec, 2 + 24 + 3 + 1);
+  /* The expert's tablet: the visit and their own notes, nothing else. */
+  ASSERT_EQ(count(expert.db, NULL, 0), 1 + 3);
+  ASSERT_EQ(count(expert.db, "visit", 0), 1);
+  ASSERT_EQ(count(expert.db, "interview_note", 0), 3);
 
   /* Both inspectors change the requirement offline, different fields. */
   edit(lead.db, req, "text", req_text_lead);
@@ -489,14 +516,14 @@ TEST(field_visit_conflict_resolution) {
   ASSERT_EQ(st.pull_conflicts, 1);
   sync_one(&second, NULL, NULL);
 
-  for (i = 0; i < 4; i++) {
-    json_t *j = record(all[i]->db, req);
+  for (i = 0; i < 3; i++) {
+    json_t *j = record(full[i]->db, req);
     json_t *vs = json_object_get(j, "versions");
     bool lead_edit = false;
     bool second_edit = false;
     size_t k;
 
-    ASSERT_EQ(count(all[i]->db, NULL, 1), 1);
+    ASSERT_EQ(count(full[i]->db, NULL, 1), 1);
     ASSERT(json_is_true(json_object_get(j, "conflict")));
     ASSERT_EQ(json_array_size(vs), 2);
     for (k = 0; k < 2; k++) {
@@ -512,7 +539,7 @@ TEST(field_visit_conflict_resolution) {
     }
     if (!lead_edit || !second_edit)
       test_fail(__FILE__, __LINE__, "%s: siblings lack an edit: %s",
-                all[i]->user, json_dumps(j, JSON_COMPACT));
+                full[i]->user, json_dumps(j, JSON_COMPACT));
     json_decref(j);
   }
   /* An edit of a conflicted record is refused until it is resolved. */
@@ -521,7 +548,7 @@ TEST(field_visit_conflict_resolution) {
     ASSERT_EQ(fieldsync_draft_for_edit(lead.db, req, &d), FIELDSYNC_ECONFLICT);
     ASSERT(d == NULL);
   }
-  assert_exports_equal(all, 4, &nrec);
+  assert_exports_equal(full, 3, &nrec);
 
   /* Head office merges both changes. */
   {
@@ -539,22 +566,24 @@ TEST(field_visit_conflict_resolution) {
   ASSERT_EQ(t.applied, 1); /* supersedes both siblings on the server */
   sync_until_quiet(all, 4);
 
-  for (i = 0; i < 4; i++) {
-    json_t *j = record(all[i]->db, req);
+  for (i = 0; i < 3; i++) {
+    json_t *j = record(full[i]->db, req);
     json_t *vs = json_object_get(j, "versions");
 
-    ASSERT_EQ(count(all[i]->db, NULL, 1), 0);
+    ASSERT_EQ(count(full[i]->db, NULL, 1), 0);
     ASSERT(json_is_false(json_object_get(j, "conflict")));
     ASSERT_EQ(json_array_size(vs), 1);
     ASSERT_STR_EQ(field_of(json_array_get(vs, 0), "text"), req_text_lead);
     ASSERT_STR_EQ(field_of(json_array_get(vs, 0), "timescale_due"),
                   req_due_second);
     ASSERT(json_is_false(json_object_get(json_array_get(vs, 0), "pending")));
-    ASSERT_EQ(pending_of(all[i]->path), 0);
+    ASSERT_EQ(pending_of(full[i]->path), 0);
     json_decref(j);
   }
-  assert_exports_equal(all, 4, &nrec);
+  assert_exports_equal(full, 3, &nrec);
   ASSERT_EQ(nrec, 30);
+  ASSERT_EQ(count(expert.db, NULL, 0), 1 + 3);
+  ASSERT_EQ(pending_of(expert.path), 0);
   /* The server kept the whole history of the requirement: the original,
    * both edits and the resolution, with only the resolution current. */
   {
@@ -639,8 +668,8 @@ TEST(repush_acked_changes_nothing) {
   int i;
 
   setup_dir();
-  replica_init(&lead, "lead", "inspector");
-  replica_init(&second, "second", "inspector");
+  replica_init(&lead, "lead", "head_office");
+  replica_init(&second, "second", "head_office");
   server_start(&srv, fieldsyncd, srvdb, NULL);
   {
     const struct kv kv[] = {
@@ -847,8 +876,8 @@ TEST(client_killed_mid_push_resumes) {
   double t1;
 
   setup_dir();
-  replica_init(&lead, "lead", "inspector");
-  replica_init(&bulk, "bulk", "inspector");
+  replica_init(&lead, "lead", "head_office");
+  replica_init(&bulk, "bulk", "head_office");
   replica_init(&fresh, "fresh", "head_office");
   server_start(&srv, fieldsyncd, srvdb, NULL);
   {

@@ -208,8 +208,21 @@ static void setup_dir(void) {
   ASSERT_OK(atexit(cleanup));
 }
 
-/* Makes server database name with a user "lead" and returns a device
- * token for it. */
+/* Adds a device for "lead" to server database db; token gets its token.
+ * A token is bound to the first replica that uses it, so each replica
+ * needs its own. */
+static void add_device(const char *db, char token[128]) {
+  char out[256];
+  char err[512];
+  char *a[] = {(char *)admin, "--db", (char *)db, "device", "add", "lead",
+               NULL};
+
+  ASSERT_EQ(proc_run(a, out, sizeof(out), err, sizeof(err), 20000), 0);
+  ASSERT(sscanf(out, "%127s", token) == 1);
+}
+
+/* Makes server database name with a head office user "lead" and returns a
+ * device token for it. */
 static void make_db(const char *name, char *db, size_t cap, char token[128]) {
   char out[256];
   char err[512];
@@ -217,14 +230,10 @@ static void make_db(const char *name, char *db, size_t cap, char token[128]) {
   path_in(db, cap, dir, name);
   {
     char *a[] = {(char *)admin, "--db",   db,          "user", "add",
-                 "lead",        "--role", "inspector", NULL};
+                 "lead",        "--role", "head_office", NULL};
     ASSERT_EQ(proc_run(a, out, sizeof(out), err, sizeof(err), 20000), 0);
   }
-  {
-    char *a[] = {(char *)admin, "--db", db, "device", "add", "lead", NULL};
-    ASSERT_EQ(proc_run(a, out, sizeof(out), err, sizeof(err), 20000), 0);
-    ASSERT(sscanf(out, "%127s", token) == 1);
-  }
+  add_device(db, token);
 }
 
 /* Starts fieldsyncd on db with TLS from cert (in the PKI directory) and
@@ -538,12 +547,14 @@ TEST(tls_sync_push_pull) {
   struct fieldsync_sync_stats st;
   char db[256];
   char token[128];
+  char token_b[128];
   char byname[64];
   fieldsync_db *a;
   fieldsync_db *b;
 
   setup_dir();
   make_db("server.db", db, sizeof(db), token);
+  add_device(db, token_b);
   start(&s, db, "good.pem");
   a = open_replica("a.db");
   b = open_replica("b.db");
@@ -553,7 +564,7 @@ TEST(tls_sync_push_pull) {
   ASSERT_EQ(st.pushed, 401);
   ASSERT_EQ(st.acked, 401);
   snprintf(byname, sizeof(byname), "localhost:%d", s.port);
-  o = tls_opts(byname, token, "ca.pem", pin_good);
+  o = tls_opts(byname, token_b, "ca.pem", pin_good);
   ASSERT_OK(fieldsync_sync(b, &o, &st));
   ASSERT_EQ(st.pulled, 401);
   ASSERT_EQ(st.applied, 401);

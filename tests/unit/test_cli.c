@@ -13,6 +13,9 @@
 #include <ftw.h>
 #include <limits.h>
 #include <poll.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -1221,9 +1224,9 @@ TEST(help_everywhere) {
   struct stat st;
   size_t i;
   static const char *const cmds[] = {
-      "init",   "add",         "edit",    "delete", "show",
-      "list",   "conflicts",   "resolve", "export", "import",
-      "fields", "collections", "help",
+      "init",      "add",     "edit",    "delete", "show",       "list",
+      "conflicts", "resolve", "export",  "import", "fields",     "collections",
+      "help",      "status",  "refused", "retry",  "quarantine",
   };
 
   new_dir(dir, sizeof(dir));
@@ -1313,6 +1316,626 @@ TEST(fields_and_collections) {
   ASSERT(strstr(r.out.p, "key") != NULL);
 }
 
+/* ---- a scripted sync server -------------------------------------------- */
+
+/* The tool is tested as a user runs it, so its server is a child process
+ * speaking the wire protocol (proto/PROTOCOL.md) directly, with a few
+ * lines of protobuf encoding: enough for Hello/Welcome, Push/PushAck,
+ * Pull/Changes and Error, as each test scripts them. */
+
+enum srv_mode {
+  SRV_ACCEPT, /* every pushed version applied; nothing to pull */
+  SRV_REFUSE, /* every pushed version refused with ERR_FORBIDDEN */
+  SRV_REMOVE, /* as SRV_REFUSE, and every Changes removes one visit */
+  SRV_REVOKE  /* the Hello gets Error ERR_REVOKED */
+};
+
+struct srv {
+  pid_t pid;
+  unsigned port;
+  char addr[32];
+};
+
+struct pb {
+  uint8_t p[65536];
+  size_t n;
+};
+
+static void pb_varint(struct pb *b, uint64_t v) {
+  do {
+    ASSERT_LT(b->n, sizeof(b->p));
+    b->p[b->n++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+    v >>= 7;
+  } while (v != 0);
+}
+
+static void pb_uint(struct pb *b, unsigned field, uint64_t v) {
+  pb_varint(b, (uint64_t)field << 3);
+  pb_varint(b, v);
+}
+
+static void pb_bytes(struct pb *b, unsigned field, const void *p, size_t n) {
+  pb_varint(b, (uint64_t)field << 3 | 2);
+  pb_varint(b, n);
+  ASSERT_LE(b->n + n, sizeof(b->p));
+  memcpy(b->p + b->n, p, n);
+  b->n += n;
+}
+
+/* The next field of a message: 1, or 0 at its end. Length-delimited
+ * fields give their bytes, varints their value; fixed ones are skipped. */
+static int pb_next(const uint8_t **p, const uint8_t *end, unsigned *field,
+                   uint64_t *v, const uint8_t **bytes, size_t *len) {
+  uint64_t key = 0;
+  int shift = 0;
+  unsigned wt;
+
+  if (*p >= end)
+    return 0;
+  do {
+    ASSERT(*p < end && shift < 64);
+    key |= (uint64_t)(**p & 0x7f) << shift;
+    shift += 7;
+  } while (*(*p)++ & 0x80);
+  *field = (unsigned)(key >> 3);
+  wt = (unsigned)(key & 7);
+  *v = 0;
+  *bytes = NULL;
+  *len = 0;
+  if (wt == 0 || wt == 2) {
+    shift = 0;
+    do {
+      ASSERT(*p < end && shift < 64);
+      *v |= (uint64_t)(**p & 0x7f) << shift;
+      shift += 7;
+    } while (*(*p)++ & 0x80);
+    if (wt == 2) {
+      ASSERT_LE(*v, (uint64_t)(end - *p));
+      *bytes = *p;
+      *len = (size_t)*v;
+      *p += *len;
+    }
+  } else {
+    *p += wt == 1 ? 8 : 4;
+  }
+  return 1;
+}
+
+static void srv_send(int fd, unsigned body_field, const struct pb *body) {
+  static struct pb env;
+  uint8_t hdr[4];
+
+  env.n = 0;
+  pb_uint(&env, 1, 1); /* protocol_version */
+  pb_bytes(&env, body_field, body->p, body->n);
+  hdr[0] = (uint8_t)(env.n >> 24);
+  hdr[1] = (uint8_t)(env.n >> 16);
+  hdr[2] = (uint8_t)(env.n >> 8);
+  hdr[3] = (uint8_t)env.n;
+  ASSERT_EQ(write(fd, hdr, 4), 4);
+  ASSERT_EQ(write(fd, env.p, env.n), (ssize_t)env.n);
+}
+
+/* Reads exactly n bytes; false at the end of the stream. */
+static bool srv_read(int fd, uint8_t *p, size_t n) {
+  while (n > 0) {
+    struct pollfd pfd = {fd, POLLIN, 0};
+    ssize_t got;
+
+    ASSERT_EQ(poll(&pfd, 1, 10000), 1);
+    got = read(fd, p, n);
+    if (got <= 0)
+      return false;
+    p += got;
+    n -= (size_t)got;
+  }
+  return true;
+}
+
+/* A PushAck answering the Push in body: one outcome per change. */
+static void srv_push_ack(int fd, enum srv_mode mode, const uint8_t *body,
+                         size_t len) {
+  static struct pb ack;
+  static struct pb oc;
+  const uint8_t *p = body;
+  const uint8_t *b;
+  unsigned field;
+  uint64_t v;
+  size_t n;
+
+  ack.n = 0;
+  while (pb_next(&p, body + len, &field, &v, &b, &n)) {
+    const uint8_t *q = b;
+    const uint8_t *key = NULL;
+    const uint8_t *hash = NULL;
+    size_t keylen = 0;
+    const uint8_t *vb;
+    size_t vn;
+
+    if (field == 1) {
+      pb_uint(&ack, 1, v); /* batch_id */
+      continue;
+    }
+    if (field != 2)
+      continue;
+    while (pb_next(&q, b + n, &field, &v, &vb, &vn)) {
+      if (field == 1) {
+        key = vb;
+        keylen = vn;
+      } else if (field == 3) {
+        const uint8_t *w = vb;
+        const uint8_t *hb;
+        size_t hn;
+        uint64_t hv;
+        unsigned f2;
+        while (pb_next(&w, vb + vn, &f2, &hv, &hb, &hn))
+          if (f2 == 3)
+            hash = hb;
+      }
+    }
+    ASSERT(key != NULL && hash != NULL);
+    oc.n = 0;
+    pb_bytes(&oc, 1, key, keylen);
+    pb_bytes(&oc, 2, hash, 32);
+    if (mode == SRV_REFUSE || mode == SRV_REMOVE) {
+      pb_uint(&oc, 3, 4); /* OUTCOME_REFUSED */
+      pb_uint(&oc, 4, 7); /* ERR_FORBIDDEN */
+      pb_bytes(&oc, 5, "not your visit", 14);
+    } else {
+      pb_uint(&oc, 3, 1); /* OUTCOME_APPLIED */
+    }
+    pb_bytes(&ack, 2, oc.p, oc.n);
+  }
+  srv_send(fd, 5, &ack);
+}
+
+/* The child: serves one session on lfd as mode says, then exits. */
+static void srv_main(int lfd, enum srv_mode mode, const uint8_t visit[16]) {
+  static uint8_t buf[1 << 20];
+  static const uint8_t server_id[16] = {0x5e, 0x7e, 0x02};
+  struct pollfd pfd = {lfd, POLLIN, 0};
+  struct pb m;
+  int fd;
+
+  if (poll(&pfd, 1, 10000) != 1)
+    _exit(3);
+  fd = accept(lfd, NULL, NULL);
+  if (fd < 0)
+    _exit(4);
+  for (;;) {
+    uint8_t hdr[4];
+    size_t len;
+    const uint8_t *p = buf;
+    const uint8_t *b = NULL;
+    size_t n = 0;
+    unsigned body = 0;
+    unsigned field;
+    uint64_t v;
+    const uint8_t *fb;
+    size_t fn;
+
+    if (!srv_read(fd, hdr, 4))
+      break;
+    len = (size_t)hdr[0] << 24 | (size_t)hdr[1] << 16 | (size_t)hdr[2] << 8 |
+          hdr[3];
+    ASSERT_LE(len, sizeof(buf));
+    if (!srv_read(fd, buf, len))
+      break;
+    while (pb_next(&p, buf + len, &field, &v, &fb, &fn)) {
+      if (field >= 2) {
+        body = field;
+        b = fb;
+        n = fn;
+      }
+    }
+    m.n = 0;
+    if (body == 2 && mode == SRV_REVOKE) { /* Hello */
+      pb_uint(&m, 1, 14);                  /* ERR_REVOKED */
+      pb_bytes(&m, 2, "device reported lost", 20);
+      srv_send(fd, 8, &m);
+      break;
+    } else if (body == 2) {
+      pb_bytes(&m, 1, server_id, 16);
+      pb_bytes(&m, 2, "j.smith", 7);
+      pb_uint(&m, 3, 1); /* ROLE_INSPECTOR */
+      srv_send(fd, 3, &m);
+    } else if (body == 4) {
+      srv_push_ack(fd, mode, b, n);
+    } else if (body == 6) {
+      pb_uint(&m, 2, 0); /* next_cursor: the feed is empty */
+      if (mode == SRV_REMOVE) {
+        struct pb k;
+        k.n = 0;
+        pb_uint(&k, 1, 1); /* SCOPE_VISIT */
+        pb_bytes(&k, 2, visit, 16);
+        pb_bytes(&m, 4, k.p, k.n);
+      }
+      srv_send(fd, 7, &m);
+    } else if (body == 9) {
+      break;
+    }
+  }
+  close(fd);
+  _exit(0);
+}
+
+/* Starts a server on 127.0.0.1 (port 0) for one session. visit_hex is the
+ * visit SRV_REMOVE removes. */
+static void srv_start(struct srv *s, enum srv_mode mode,
+                      const char *visit_hex) {
+  struct sockaddr_in a;
+  socklen_t alen = sizeof(a);
+  uint8_t visit[16] = {0};
+  size_t i;
+  int lfd = socket(AF_INET, SOCK_STREAM, 0);
+
+  for (i = 0; visit_hex != NULL && i < 16; i++) {
+    unsigned x;
+    ASSERT_EQ(sscanf(visit_hex + 2 * i, "%2x", &x), 1);
+    visit[i] = (uint8_t)x;
+  }
+  ASSERT(lfd >= 0);
+  memset(&a, 0, sizeof(a));
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_OK(bind(lfd, (struct sockaddr *)&a, sizeof(a)));
+  ASSERT_OK(listen(lfd, 1));
+  ASSERT_OK(getsockname(lfd, (struct sockaddr *)&a, &alen));
+  s->port = ntohs(a.sin_port);
+  snprintf(s->addr, sizeof(s->addr), "127.0.0.1:%u", s->port);
+  fflush(stdout);
+  fflush(stderr);
+  s->pid = fork();
+  ASSERT(s->pid >= 0);
+  if (s->pid == 0)
+    srv_main(lfd, mode, visit);
+  close(lfd);
+}
+
+static void srv_wait(struct srv *s) {
+  int status;
+
+  while (waitpid(s->pid, &status, 0) < 0)
+    ASSERT(errno == EINTR);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    test_fail(__FILE__, __LINE__, "the test server failed (status %d)", status);
+}
+
+/* `fieldsync sync` against a server in mode; returns the exit status. */
+static int sync_with(const char *db, enum srv_mode mode, const char *visit,
+                     bool json) {
+  struct srv s;
+  int rc;
+
+  srv_start(&s, mode, visit);
+  rc = run(db, json ? ARGS("sync", "--server", s.addr, "--plaintext", "--token",
+                           "tok", "--json")
+                    : ARGS("sync", "--server", s.addr, "--plaintext", "--token",
+                           "tok"));
+  srv_wait(&s);
+  return rc;
+}
+
+/* The value of "key: " in `status` output. */
+static long status_of(const char *db, const char *key) {
+  char want[64];
+  const char *p;
+
+  OK(db, "status");
+  snprintf(want, sizeof(want), "%s: ", key);
+  p = strstr(r.out.p, want);
+  if (p == NULL)
+    RUN_FAIL(__LINE__, "no such line in status");
+  return strtol(p + strlen(want), NULL, 10);
+}
+
+TEST(status_counts) {
+  char db[PATH_MAX];
+  char visit[33];
+  char vid[64];
+  char obs[33];
+  json_t *j;
+
+  new_db(db, sizeof(db));
+  OK(db, "status");
+  ASSERT(strncmp(r.out.p, "replica: ", 9) == 0);
+  ASSERT(strstr(r.out.p,
+                "\nrecords: 0\nconflicts: 0\npending: 0\nrefused: "
+                "0\nquarantined: 0\nheld_scopes: 0\ncursor: 0\n") != NULL);
+  ADD(db, visit, "visit", "kind=key");
+  snprintf(vid, sizeof(vid), "visit_id=%s", visit);
+  ADD(db, obs, "observation", vid);
+  OK(db, "status", "--json");
+  j = parse(r.out.p);
+  ASSERT_EQ(json_object_size(j), 8);
+  ASSERT_EQ(strlen(json_string_value(json_object_get(j, "replica"))), 32);
+  ASSERT_EQ(json_integer_value(json_object_get(j, "records")), 2);
+  ASSERT_EQ(json_integer_value(json_object_get(j, "pending")), 2);
+  ASSERT_EQ(json_integer_value(json_object_get(j, "refused")), 0);
+  ASSERT_EQ(json_integer_value(json_object_get(j, "quarantined")), 0);
+  ASSERT(json_is_integer(json_object_get(j, "conflicts")));
+  ASSERT(json_is_integer(json_object_get(j, "held_scopes")));
+  ASSERT(json_is_integer(json_object_get(j, "cursor")));
+  json_decref(j);
+  guard_db = db;
+  FAILS(2, "'extra'", db, "status", "extra");
+  FAILS(2, "--all", db, "status", "--all");
+  guard_db = NULL;
+}
+
+/* Refused versions: sync exits 3 and names them; `refused` lists them;
+ * the next sync does not send them; `retry` does; bad arguments fail. */
+TEST(refused_and_retry) {
+  char db[PATH_MAX];
+  char visit[33];
+  char vid[64];
+  char obs[2][33];
+  json_t *a;
+  json_t *o;
+  size_t i;
+
+  new_db(db, sizeof(db));
+  ADD(db, visit, "visit", "kind=key");
+  snprintf(vid, sizeof(vid), "visit_id=%s", visit);
+  ADD(db, obs[0], "observation", vid, "standard_code=OP9");
+  ADD(db, obs[1], "observation", vid, "standard_code=OP10");
+  OK(db, "refused");
+  ASSERT_EQ(r.out.n, 0);
+  OK(db, "refused", "--json");
+  ASSERT_STR_EQ(r.out.p, "[]\n");
+
+  ASSERT_EQ(sync_with(db, SRV_REFUSE, NULL, false), 3);
+  ASSERT(strstr(r.out.p, "pushed 3 (acknowledged 0, conflicts 0, refused 3)"
+                         "; pulled 0 (new 0, conflicts 0); removed 0 "
+                         "(quarantined 0)\n") != NULL);
+  ASSERT(strstr(r.err.p, "refused observation") != NULL);
+  ASSERT(strstr(r.err.p, "ERR_FORBIDDEN: not your visit") != NULL);
+  ASSERT_EQ(status_of(db, "refused"), 3);
+  ASSERT_EQ(status_of(db, "pending"), 0);
+
+  OK(db, "refused");
+  ASSERT_EQ(count_lines(r.out.p), 3);
+  ASSERT(strncmp(r.out.p, visit, 32) == 0); /* oldest first */
+  ASSERT(strstr(r.out.p, obs[1]) != NULL);
+  ASSERT(strstr(r.out.p, "  observation     hash ") != NULL);
+  ASSERT(strstr(r.out.p, "ERR_FORBIDDEN: not your visit\n") != NULL);
+  OK(db, "refused", "--json");
+  a = parse(r.out.p);
+  ASSERT(json_is_array(a));
+  ASSERT_EQ(json_array_size(a), 3);
+  json_array_foreach(a, i, o) {
+    ASSERT_EQ(json_object_size(o), 6);
+    ASSERT(json_is_string(json_object_get(o, "collection")));
+    ASSERT(json_is_string(json_object_get(o, "id")));
+    ASSERT_EQ(strlen(json_string_value(json_object_get(o, "hash"))), 64);
+    ASSERT_STR_EQ(json_string_value(json_object_get(o, "code")),
+                  "ERR_FORBIDDEN");
+    ASSERT_STR_EQ(json_string_value(json_object_get(o, "reason")),
+                  "not your visit");
+    ASSERT(json_is_string(json_object_get(o, "refused_at")));
+  }
+  ASSERT_STR_EQ(json_string_value(json_object_get(json_array_get(a, 2), "id")),
+                obs[1]);
+  json_decref(a);
+  /* show marks the version. */
+  OK(db, "show", obs[0]);
+  ASSERT(strstr(r.out.p, "  (refused: ERR_FORBIDDEN: not your visit)\n") !=
+         NULL);
+
+  /* Not sent again. */
+  ASSERT_EQ(sync_with(db, SRV_ACCEPT, NULL, true), 0);
+  o = parse(r.out.p);
+  ASSERT_EQ(json_integer_value(json_object_get(o, "pushed")), 0);
+  ASSERT_EQ(json_integer_value(json_object_get(o, "removed")), 0);
+  ASSERT_EQ(json_integer_value(json_object_get(o, "quarantined")), 0);
+  ASSERT(json_is_false(json_object_get(o, "revoked")));
+  ASSERT(json_is_true(json_object_get(o, "complete")));
+  json_decref(o);
+
+  /* Retry one, then the rest. */
+  guard_db = db;
+  FAILS(1, "retry: ", db, "retry", "xyz");
+  FAILS(1, "no refused version", db, "retry",
+        "0123456789abcdef0123456789abcdef");
+  FAILS(2, "'extra'", db, "retry", obs[0], "extra");
+  FAILS(2, "--json", db, "retry", "--json");
+  guard_db = NULL;
+  OK(db, "retry", obs[0]);
+  ASSERT_STR_EQ(r.out.p, "1 refused version will be sent again at the next "
+                         "sync\n");
+  ASSERT_EQ(status_of(db, "pending"), 1);
+  ASSERT_EQ(status_of(db, "refused"), 2);
+  OK(db, "retry");
+  ASSERT_STR_EQ(r.out.p, "2 refused versions will be sent again at the next "
+                         "sync\n");
+  OK(db, "retry");
+  ASSERT(strncmp(r.out.p, "0 refused versions", 18) == 0);
+  ASSERT_EQ(sync_with(db, SRV_ACCEPT, NULL, false), 0);
+  ASSERT(strstr(r.out.p, "pushed 3 (acknowledged 3,") != NULL);
+  ASSERT_EQ(status_of(db, "pending"), 0);
+  ASSERT_EQ(status_of(db, "refused"), 0);
+}
+
+/* A withdrawn visit: sync removes its records, quarantining what the
+ * server never acknowledged; `quarantine` lists, exports and discards. */
+TEST(quarantine_commands) {
+  char db[PATH_MAX];
+  char dir[PATH_MAX];
+  char file[PATH_MAX];
+  char visit[33];
+  char other[33];
+  char vid[64];
+  char obs[33];
+  char qid[32];
+  char *text;
+  char *line;
+  size_t n;
+  json_t *a;
+  json_t *o;
+  size_t i;
+  struct stat st;
+
+  new_db(db, sizeof(db));
+  ADD(db, visit, "visit", "kind=key");
+  snprintf(vid, sizeof(vid), "visit_id=%s", visit);
+  ADD(db, obs, "observation", vid, "standard_code=OP9",
+      "evidence_text=Call bells unanswered");
+  ASSERT_EQ(sync_with(db, SRV_REFUSE, NULL, false), 3);
+  ADD(db, other, "visit", "kind=random"); /* another visit: stays */
+  OK(db, "edit", obs, "judgement=2");     /* a new version */
+  OK(db, "quarantine");
+  ASSERT_EQ(r.out.n, 0);
+
+  /* The server refuses both new versions, then withdraws the visit. */
+  ASSERT_EQ(sync_with(db, SRV_REMOVE, visit, false), 3);
+  if (strstr(r.out.p, "; removed 2 (quarantined 2)\n") == NULL)
+    RUN_FAIL(__LINE__, "expected 2 records removed, 2 versions quarantined");
+  ASSERT(strstr(r.err.p, "fieldsync: sync: 2 records removed with scopes the "
+                         "server withdrew; 2 unacknowledged versions kept in "
+                         "the quarantine ('fieldsync quarantine')\n") != NULL);
+  OK(db, "list");
+  ASSERT_EQ(count_lines(r.out.p), 1);
+  ASSERT(strncmp(r.out.p, other, 32) == 0);
+  ASSERT_EQ(status_of(db, "quarantined"), 2);
+  ASSERT_EQ(status_of(db, "refused"), 1); /* the other visit's */
+  ASSERT_EQ(status_of(db, "records"), 1);
+
+  /* The list: the refused visit first, then the edited observation. */
+  OK(db, "quarantine");
+  ASSERT_EQ(count_lines(r.out.p), 2);
+  ASSERT(strncmp(r.out.p, "1     visit           ", 22) == 0);
+  ASSERT(strstr(r.out.p, "scope removed by the server  [refused: "
+                         "ERR_FORBIDDEN: not your visit]\n") != NULL);
+  line = strchr(r.out.p, '\n') + 1;
+  ASSERT(strncmp(line, "2     observation     ", 22) == 0);
+  ASSERT(strstr(line, obs) != NULL);
+  snprintf(vid, sizeof(vid), "  visit %s  ", visit);
+  ASSERT(strstr(line, vid) != NULL);
+  ASSERT(strstr(line, "  [refused: ERR_FORBIDDEN") != NULL);
+  OK(db, "quarantine", "list", "--json");
+  a = parse(r.out.p);
+  ASSERT_EQ(json_array_size(a), 2);
+  o = json_array_get(a, 1);
+  ASSERT_EQ(json_object_size(o), 13);
+  ASSERT_EQ(json_integer_value(json_object_get(o, "qid")), 2);
+  ASSERT_STR_EQ(json_string_value(json_object_get(o, "id")), obs);
+  ASSERT_STR_EQ(
+      json_string_value(json_object_get(json_object_get(o, "scope"), "kind")),
+      "visit");
+  ASSERT_STR_EQ(json_string_value(json_object_get(o, "reason")),
+                "scope removed by the server");
+  ASSERT_EQ(json_integer_value(
+                json_object_get(json_object_get(o, "fields"), "judgement")),
+            2);
+  ASSERT(json_is_false(json_object_get(o, "deleted")));
+  ASSERT_STR_EQ(json_string_value(json_object_get(
+                    json_object_get(json_array_get(a, 0), "refused"), "code")),
+                "ERR_FORBIDDEN");
+  json_decref(a);
+
+  /* Export: JSON lines, no overwrite without --force. */
+  new_dir(dir, sizeof(dir));
+  path_in(file, sizeof(file), dir, "q.jsonl");
+  OK(db, "quarantine", "export", file);
+  {
+    char want[PATH_MAX + 64];
+    snprintf(want, sizeof(want), "exported 2 quarantined versions to %s\n",
+             file);
+    ASSERT_STR_EQ(r.out.p, want);
+  }
+  text = read_file(file, &n);
+  ASSERT_EQ(count_lines(text), 2);
+  line = text;
+  for (i = 0; i < 2; i++) {
+    char *nl = strchr(line, '\n');
+    *nl = '\0';
+    o = parse(line);
+    ASSERT_EQ(json_integer_value(json_object_get(o, "qid")), (int)i + 1);
+    ASSERT_EQ(json_object_size(o), 13);
+    json_decref(o);
+    line = nl + 1;
+  }
+  free(text);
+  ASSERT_OK(stat(file, &st));
+  ASSERT_EQ(st.st_mode & 0777, 0600);
+  FAILS(1, "exists; not overwriting it", db, "quarantine", "export", file);
+  write_file(file, "keep me\n");
+  FAILS(1, "--force", db, "quarantine", "export", file);
+  text = read_file(file, &n);
+  ASSERT_STR_EQ(text, "keep me\n");
+  free(text);
+  OK(db, "quarantine", "export", file, "--force");
+  text = read_file(file, &n);
+  ASSERT_EQ(count_lines(text), 2);
+  free(text);
+
+  /* Bad arguments, before anything is touched. */
+  guard_db = db;
+  FAILS(2, "missing FILE", db, "quarantine", "export");
+  FAILS(2, "--json", db, "quarantine", "export", file, "--json");
+  FAILS(2, "missing QID", db, "quarantine", "discard");
+  FAILS(2, "'x1' is not a quarantine id", db, "quarantine", "discard", "x1");
+  FAILS(2, "is not a quarantine id", db, "quarantine", "discard", "0");
+  FAILS(2, "'-3'", db, "quarantine", "discard", "-3");
+  FAILS(2, "not both", db, "quarantine", "discard", "1", "--all");
+  FAILS(2, "--force", db, "quarantine", "discard", "1", "--force");
+  FAILS(2, "'frob' is not list, export or discard", db, "quarantine", "frob");
+  FAILS(2, "unexpected argument 'x'", db, "quarantine", "list", "x");
+  FAILS(2, "--all", db, "quarantine", "list", "--all");
+  FAILS(2, "'c'", db, "quarantine", "discard", "1", "c");
+  FAILS(1, "no quarantined version 9", db, "quarantine", "discard", "9");
+  guard_db = NULL;
+
+  /* Discard one, then the rest. */
+  snprintf(qid, sizeof(qid), "%d", 1);
+  OK(db, "quarantine", "discard", qid);
+  ASSERT_STR_EQ(r.out.p, "discarded 1 quarantined version\n");
+  FAILS(1, "no quarantined version 1", db, "quarantine", "discard", qid);
+  OK(db, "quarantine", "discard", "--all");
+  ASSERT_STR_EQ(r.out.p, "discarded 1 quarantined version\n");
+  OK(db, "quarantine", "--json");
+  ASSERT_STR_EQ(r.out.p, "[]\n");
+  ASSERT_EQ(status_of(db, "quarantined"), 0);
+}
+
+/* A revoked device: sync exits 4, says what happened on stderr, and the
+ * database is empty but for the quarantine; it still opens and works. */
+TEST(sync_revoked) {
+  char db[PATH_MAX];
+  char visit[33];
+  char vid[64];
+  char obs[33];
+  json_t *o;
+
+  new_db(db, sizeof(db));
+  ADD(db, visit, "visit", "kind=key");
+  snprintf(vid, sizeof(vid), "visit_id=%s", visit);
+  ADD(db, obs, "observation", vid);
+  ASSERT_EQ(sync_with(db, SRV_REVOKE, NULL, false), 4);
+  ASSERT(strstr(r.out.p, "; removed 2 (quarantined 2)\n") != NULL);
+  ASSERT(strstr(r.err.p,
+                "fieldsync: sync: server: this device was revoked "
+                "(ERR_REVOKED: device reported lost): local data wiped; 2 "
+                "unacknowledged versions kept in the quarantine (fieldsync "
+                "quarantine)\n") != NULL);
+  ASSERT(strstr(r.err.p, "quarantine export FILE") != NULL);
+  ASSERT(strstr(r.err.p, "run it again") == NULL);
+  OK(db, "list");
+  ASSERT_EQ(r.out.n, 0);
+  ASSERT_EQ(status_of(db, "quarantined"), 2);
+  ASSERT_EQ(status_of(db, "pending"), 0);
+  OK(db, "quarantine");
+  ASSERT_EQ(count_lines(r.out.p), 2);
+  ASSERT(strstr(r.out.p, "device revoked") != NULL);
+  ASSERT_EQ(sync_with(db, SRV_REVOKE, NULL, true), 4);
+  o = parse(r.out.p);
+  ASSERT(json_is_true(json_object_get(o, "revoked")));
+  ASSERT(json_is_false(json_object_get(o, "complete")));
+  ASSERT_EQ(json_integer_value(json_object_get(o, "quarantined")), 0);
+  json_decref(o);
+  ADD(db, obs, "visit", "kind=key"); /* still a working database */
+}
+
 static int rm_cb(const char *path, const struct stat *st, int flag,
                  struct FTW *ftw) {
   (void)st;
@@ -1327,13 +1950,16 @@ static const struct test_entry entries[] = {
             list_and_filters) TEST_ENTRY(edit_record) TEST_ENTRY(delete_record)
             TEST_ENTRY(export_json_csv) TEST_ENTRY(import_files)
                 TEST_ENTRY(import_bad_row) TEST_ENTRY(csv_export_reimports)
-                    TEST_ENTRY(bad_database_files)
-                        TEST_ENTRY(not_a_database_message) TEST_ENTRY(bad_ids)
-                            TEST_ENTRY(bad_fields_values)
-                                TEST_ENTRY(usage_errors)
-                                    TEST_ENTRY(help_everywhere)
-                                        TEST_ENTRY(conflicts_without_sync)
-                                            TEST_ENTRY(fields_and_collections)};
+                    TEST_ENTRY(bad_database_files) TEST_ENTRY(
+                        not_a_database_message) TEST_ENTRY(bad_ids)
+                        TEST_ENTRY(bad_fields_values) TEST_ENTRY(usage_errors)
+                            TEST_ENTRY(help_everywhere)
+                                TEST_ENTRY(conflicts_without_sync)
+                                    TEST_ENTRY(fields_and_collections)
+                                        TEST_ENTRY(status_counts)
+                                            TEST_ENTRY(refused_and_retry)
+                                                TEST_ENTRY(quarantine_commands)
+                                                    TEST_ENTRY(sync_revoked)};
 
 /* Like TEST_LIST's main, but the first argument may be the binary under
  * test (it contains a '/'; test names never do). */

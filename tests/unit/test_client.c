@@ -746,7 +746,30 @@ TEST(new_server_resets_cursor) {
   ASSERT_OK(fsc_store_server(b, s1)); /* same server: kept */
   ASSERT_OK(fsc_store_cursor(b, &cursor));
   ASSERT_EQ(cursor, 1);
-  ASSERT_OK(fsc_store_server(b, s2)); /* another server: from 0 */
+  {
+    struct fsc_scope sc;
+    struct fsc_backfill bf;
+    struct fieldsync_counts c;
+
+    memset(&sc, 0, sizeof(sc));
+    sc.kind = FIELDSYNC__SCOPE_KIND__SCOPE_VISIT;
+    ASSERT_OK(fsc_scope_hold(b, &sc));
+    bf.active = true;
+    bf.scope = sc;
+    bf.scope.id[0] = 1;
+    bf.after = 3;
+    ASSERT_OK(fsc_scope_set_backfill(b, &bf));
+    ASSERT_OK(fsc_store_server(b, s1)); /* same server: kept */
+    ASSERT_OK(fieldsync_counts(b, &c));
+    ASSERT_EQ(c.held_scopes, 1);
+    ASSERT_OK(fsc_scope_backfill(b, &bf));
+    ASSERT(bf.active);
+    ASSERT_OK(fsc_store_server(b, s2)); /* another server: from 0 */
+    ASSERT_OK(fieldsync_counts(b, &c));
+    ASSERT_EQ(c.held_scopes, 0); /* nothing is held from the new one */
+    ASSERT_OK(fsc_scope_backfill(b, &bf));
+    ASSERT(!bf.active);
+  }
   ASSERT_OK(fsc_store_cursor(b, &cursor));
   ASSERT_EQ(cursor, 0);
   ASSERT_EQ(count_records(b), 1); /* local data untouched */
@@ -1119,23 +1142,806 @@ TEST(batches) {
   fieldsync_close(db);
 }
 
-TEST_LIST(TEST_ENTRY(open_create_and_reopen)
-          TEST_ENTRY(batches)
-          TEST_ENTRY(open_refuses_bad_files)
-          TEST_ENTRY(open_refuses_newer_schema)
-          TEST_ENTRY(open_refuses_foreign_sqlite)
-          TEST_ENTRY(create_get_edit_delete)
-          TEST_ENTRY(bad_input_leaves_db_unchanged)
-          TEST_ENTRY(queries_use_filters)
-          TEST_ENTRY(concurrent_edits_become_siblings)
-          TEST_ENTRY(resolve_with_new_content)
-          TEST_ENTRY(delete_vs_edit_is_a_conflict)
-          TEST_ENTRY(same_content_concurrently)
-          TEST_ENTRY(new_server_resets_cursor)
-          TEST_ENTRY(concurrent_deletes)
-          TEST_ENTRY(outgoing_batches_in_order)
-          TEST_ENTRY(apply_is_atomic_with_cursor)
-          TEST_ENTRY(import_csv_and_jsonl)
-          TEST_ENTRY(import_bad_row_keeps_nothing)
-          TEST_ENTRY(introspection)
-          TEST_ENTRY(allocation_failures_are_clean))
+/* ---- schema 2: refused versions, scopes, the quarantine ---------------- */
+
+/* Number of current versions of record id (0: db lacks it). */
+static size_t versions_count(fieldsync_db *db, const char *id) {
+  struct fsc_record r;
+  uint8_t bin[16];
+  size_t n;
+  int rc;
+
+  ASSERT(fsc_unhex(id, bin, 16));
+  rc = fsc_store_load(db, bin, &r);
+  if (rc == FIELDSYNC_ENOTFOUND)
+    return 0;
+  ASSERT_OK(rc);
+  n = r.n;
+  fsc_record_close(&r);
+  return n;
+}
+
+/* One integer from a query on db's connection. */
+static int64_t sql_int(fieldsync_db *db, const char *sql) {
+  sqlite3_stmt *st = NULL;
+  int64_t v;
+
+  ASSERT_OK(sqlite3_prepare_v2(db->sql, sql, -1, &st, NULL));
+  ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
+  v = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  return v;
+}
+
+/* The query plan of a cached statement, as one line. */
+static void plan_of(fieldsync_db *db, enum fsc_stmt_id id, char *plan,
+                    size_t cap) {
+  sqlite3_stmt *st = NULL;
+  sqlite3_stmt *ex = NULL;
+  char sql[1024];
+
+  plan[0] = '\0';
+  ASSERT_OK(fsc_stmt(db, id, &st));
+  snprintf(sql, sizeof(sql), "EXPLAIN QUERY PLAN %s", sqlite3_sql(st));
+  ASSERT_OK(sqlite3_prepare_v2(db->sql, sql, -1, &ex, NULL));
+  while (sqlite3_step(ex) == SQLITE_ROW) {
+    size_t len = strlen(plan);
+    snprintf(plan + len, cap - len, "%s; ",
+             (const char *)sqlite3_column_text(ex, 3));
+  }
+  sqlite3_finalize(ex);
+}
+
+/* Unacknowledged versions the next sync would send (refused ones are not). */
+static size_t outgoing_count(fieldsync_db *db) {
+  struct fsc_outgoing *o;
+  size_t n;
+
+  ASSERT_OK(fsc_store_outgoing(db, 0, 1000, &o, &n));
+  fsc_outgoing_free(o, n);
+  return n;
+}
+
+/* Answers every outgoing version of db as a server would: those of record
+ * refuse_id (NULL: none) refused with ERR_FORBIDDEN and why, the rest
+ * acknowledged. */
+static void answer_all(fieldsync_db *db, const char *refuse_id,
+                       const char *why) {
+  struct fsc_outgoing *o;
+  struct fsc_ack a[64];
+  struct fsc_refusal r[64];
+  uint8_t rid[16];
+  size_t na = 0;
+  size_t nr = 0;
+  size_t n;
+  size_t i;
+
+  if (refuse_id != NULL)
+    ASSERT(fsc_unhex(refuse_id, rid, 16));
+  ASSERT_OK(fsc_store_outgoing(db, 0, 64, &o, &n));
+  for (i = 0; i < n; i++) {
+    if (refuse_id != NULL && memcmp(o[i].id, rid, 16) == 0) {
+      memcpy(r[nr].id, o[i].id, 16);
+      memcpy(r[nr].hash, o[i].v.hash, 32);
+      r[nr].pending = o[i].v.pending;
+      r[nr].code = FIELDSYNC__ERROR_CODE__ERR_FORBIDDEN;
+      r[nr].reason = why;
+      nr++;
+    } else {
+      memcpy(a[na].id, o[i].id, 16);
+      memcpy(a[na].hash, o[i].v.hash, 32);
+      a[na].pending = o[i].v.pending;
+      na++;
+    }
+  }
+  ASSERT_OK(fsc_store_answer(db, a, na, r, nr));
+  fsc_outgoing_free(o, n);
+}
+
+/* Collected JSON objects of a listing (fieldsync_refused, _quarantine). */
+struct objs {
+  size_t n;
+  json_t *o[32];
+};
+
+static int objs_cb(const char *json, void *data) {
+  struct objs *c = data;
+  json_t *j = json_loads(json, 0, NULL);
+
+  ASSERT(j != NULL);
+  ASSERT_LT(c->n, 32);
+  c->o[c->n++] = j;
+  return 0;
+}
+
+static void objs_free(struct objs *c) {
+  size_t i;
+
+  for (i = 0; i < c->n; i++)
+    json_decref(c->o[i]);
+  c->n = 0;
+}
+
+static const char *str_of(json_t *o, const char *key) {
+  json_t *v = json_object_get(o, key);
+
+  if (!json_is_string(v))
+    test_fail(__FILE__, __LINE__, "\"%s\" is not a string", key);
+  return json_string_value(v);
+}
+
+/* A scope key from its kind and 32 hex digits. */
+static struct fsc_scope scope_of(int kind, const char *hex) {
+  struct fsc_scope sc;
+
+  sc.kind = kind;
+  ASSERT(fsc_unhex(hex, sc.id, 16));
+  return sc;
+}
+
+/* The schema of version 1, as released: a fixture for the migration. */
+static const char *const schema_v1 =
+    "CREATE TABLE meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
+    "CREATE TABLE records(id BLOB PRIMARY KEY, collection INTEGER NOT NULL,"
+    "  scope_kind INTEGER NOT NULL, scope_id BLOB NOT NULL, visit_id BLOB,"
+    "  service_id BLOB, nversions INTEGER NOT NULL, deleted INTEGER NOT NULL,"
+    "  reuse INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;"
+    "CREATE INDEX records_collection ON records(collection, id);"
+    "CREATE INDEX records_visit ON records(visit_id, id)"
+    "  WHERE visit_id IS NOT NULL;"
+    "CREATE INDEX records_service ON records(service_id, id)"
+    "  WHERE service_id IS NOT NULL;"
+    "CREATE INDEX records_scope ON records(scope_kind, scope_id);"
+    "CREATE INDEX records_conflict ON records(id) WHERE nversions > 1;"
+    "CREATE TABLE versions(record BLOB NOT NULL, hash BLOB NOT NULL,"
+    "  vv BLOB NOT NULL, deleted INTEGER NOT NULL, payload BLOB NOT NULL,"
+    "  author TEXT, device_time_ms INTEGER,"
+    "  pending INTEGER NOT NULL DEFAULT 0,"
+    "  PRIMARY KEY(record, hash, vv)) WITHOUT ROWID;"
+    "CREATE INDEX versions_pending ON versions(pending) WHERE pending > 0;"
+    "PRAGMA user_version = 1;";
+
+/* A database written by schema 1 opens: it is migrated forward in place,
+ * keeping its replica id, records, pending versions, cursor and server,
+ * and gains the refused marks, held scopes and the quarantine. */
+TEST(migrate_from_schema_1) {
+  const char *obs[] = {"visit_id", visit_a, "standard_code", "OP9", NULL};
+  char path[128];
+  char src[128];
+  char sql[512];
+  char acked[33];
+  char waiting[33];
+  char hex_before[33];
+  char hex_after[33];
+  char plan[512];
+  sqlite3 *s;
+  fieldsync_db *db;
+  json_t *j;
+  struct fieldsync_counts c;
+
+  setup_dir();
+  /* Content made by today's library, copied into a schema-1 file. */
+  db = open_new("src.db");
+  ASSERT_OK(add(db, "observation", acked, obs));
+  answer_all(db, NULL, NULL);
+  ASSERT_OK(add(db, "observation", waiting, obs));
+  fieldsync_replica_id(db, hex_before);
+  fieldsync_close(db);
+  path_in(src, sizeof(src), "src.db");
+  path_in(path, sizeof(path), "v1.db");
+  ASSERT_OK(sqlite3_open(path, &s));
+  ASSERT_OK(sqlite3_exec(s, schema_v1, NULL, NULL, NULL));
+  snprintf(sql, sizeof(sql), "ATTACH '%s' AS src", src);
+  ASSERT_OK(sqlite3_exec(s, sql, NULL, NULL, NULL));
+  ASSERT_OK(sqlite3_exec(
+      s,
+      "INSERT INTO meta SELECT key, value FROM src.meta;"
+      "UPDATE meta SET value = 42 WHERE key = 'pull_cursor';"
+      "INSERT INTO meta VALUES('server_id', "
+      "x'5e7e0100000000000000000000000000');"
+      "INSERT INTO records SELECT id, collection, scope_kind, scope_id, "
+      "  visit_id, service_id, nversions, deleted, reuse FROM src.records;"
+      "INSERT INTO versions SELECT record, hash, vv, deleted, payload, "
+      "  author, device_time_ms, pending FROM src.versions;"
+      "DETACH src",
+      NULL, NULL, NULL));
+  sqlite3_close(s);
+
+  ASSERT_OK(fieldsync_open(path, 0, NULL, &db));
+  ASSERT_EQ(sql_int(db, "PRAGMA user_version"), FSC_SCHEMA_VERSION);
+  ASSERT_EQ(FSC_SCHEMA_VERSION, 2);
+  fieldsync_replica_id(db, hex_after);
+  ASSERT_STR_EQ(hex_before, hex_after);
+  ASSERT_OK(fieldsync_counts(db, &c));
+  ASSERT_EQ(c.records, 2);
+  ASSERT_EQ(c.pending, 1);
+  ASSERT_EQ(c.refused, 0);
+  ASSERT_EQ(c.quarantined, 0);
+  ASSERT_EQ(c.held_scopes, 0);
+  ASSERT_EQ(c.cursor, 42);
+  ASSERT_EQ(sql_int(db, "SELECT count(*) FROM meta WHERE key = 'server_id'"),
+            1);
+  j = get(db, waiting);
+  {
+    json_t *v = json_array_get(json_object_get(j, "versions"), 0);
+    ASSERT(json_is_true(json_object_get(v, "pending")));
+    ASSERT(json_is_null(json_object_get(v, "refused")));
+  }
+  json_decref(j);
+  ASSERT_EQ(outgoing_count(db), 1);
+  /* The outgoing query is still served by the (rebuilt) partial index. */
+  plan_of(db, FSC_ST_OUTGOING, plan, sizeof(plan));
+  if (strstr(plan, "versions_pending") == NULL ||
+      strstr(plan, "TEMP B-TREE") != NULL)
+    test_fail(__FILE__, __LINE__, "outgoing query plan: %s", plan);
+  /* The new parts work. */
+  answer_all(db, waiting, "not your visit");
+  ASSERT_OK(fieldsync_counts(db, &c));
+  ASSERT_EQ(c.refused, 1);
+  ASSERT_EQ(c.pending, 0);
+  fieldsync_close(db);
+  /* Opening again changes nothing. */
+  ASSERT_OK(fieldsync_open(path, 0, NULL, &db));
+  ASSERT_EQ(sql_int(db, "PRAGMA user_version"), 2);
+  ASSERT_OK(fieldsync_counts(db, &c));
+  ASSERT_EQ(c.refused, 1);
+  fieldsync_close(db);
+}
+
+/* A refused version is marked (code, reason, time) with the acks, shown
+ * in the record's JSON and by fieldsync_refused(), left out of the
+ * outgoing versions, and offered again after fieldsync_retry_refused(). */
+TEST(refused_marked_until_retry) {
+  const char *obs[] = {"visit_id", visit_a, "standard_code", "OP9", NULL};
+  struct fieldsync_counts c;
+  struct objs l;
+  fieldsync_db *db;
+  char ok1[33];
+  char bad1[33];
+  char bad2[33];
+  char plan[512];
+  size_t n;
+  json_t *j;
+  json_t *v;
+
+  setup_dir();
+  db = open_new("r.db");
+  ASSERT_OK(add(db, "observation", ok1, obs));
+  ASSERT_OK(add(db, "observation", bad1, obs));
+  answer_all(db, bad1, "only inspectors write observations");
+  ASSERT_OK(add(db, "observation", bad2, obs));
+  answer_all(db, bad2, "visit not assigned");
+  ASSERT_EQ(outgoing_count(db), 0);
+  ASSERT_OK(fieldsync_counts(db, &c));
+  ASSERT_EQ(c.pending, 0);
+  ASSERT_EQ(c.refused, 2);
+
+  j = get(db, bad1);
+  v = json_array_get(json_object_get(j, "versions"), 0);
+  ASSERT(json_is_true(json_object_get(v, "pending"))); /* unacknowledged */
+  ASSERT_STR_EQ(str_of(json_object_get(v, "refused"), "code"), "ERR_FORBIDDEN");
+  ASSERT_STR_EQ(str_of(json_object_get(v, "refused"), "reason"),
+                "only inspectors write observations");
+  json_decref(j);
+  j = get(db, ok1);
+  v = json_array_get(json_object_get(j, "versions"), 0);
+  ASSERT(json_is_false(json_object_get(v, "pending")));
+  ASSERT(json_is_null(json_object_get(v, "refused")));
+  json_decref(j);
+
+  /* Listed oldest first, in the documented shape. */
+  memset(&l, 0, sizeof(l));
+  ASSERT_OK(fieldsync_refused(db, objs_cb, &l));
+  ASSERT_EQ(l.n, 2);
+  ASSERT_STR_EQ(str_of(l.o[0], "id"), bad1);
+  ASSERT_STR_EQ(str_of(l.o[0], "collection"), "observation");
+  ASSERT_EQ(strlen(str_of(l.o[0], "hash")), 64);
+  ASSERT_STR_EQ(str_of(l.o[0], "code"), "ERR_FORBIDDEN");
+  ASSERT_STR_EQ(str_of(l.o[0], "reason"), "only inspectors write observations");
+  ASSERT_EQ(strlen(str_of(l.o[0], "refused_at")), 24);
+  ASSERT_EQ(json_object_size(l.o[0]), 6);
+  ASSERT_STR_EQ(str_of(l.o[1], "id"), bad2);
+  objs_free(&l);
+
+  /* Retrying one record; bad and unknown ids. */
+  ASSERT_EQ(fieldsync_retry_refused(db, "xyz", &n), FIELDSYNC_EINVAL);
+  ASSERT_EQ(fieldsync_retry_refused(db, ok1, &n), FIELDSYNC_ENOTFOUND);
+  ASSERT(strstr(fieldsync_errmsg(db), "no refused version") != NULL);
+  ASSERT_OK(fieldsync_retry_refused(db, bad1, &n));
+  ASSERT_EQ(n, 1);
+  ASSERT_EQ(outgoing_count(db), 1);
+  j = get(db, bad1);
+  v = json_array_get(json_object_get(j, "versions"), 0);
+  ASSERT(json_is_null(json_object_get(v, "refused")));
+  json_decref(j);
+  /* Refused again; then an edit makes a new version, which is sent, and
+   * the refused one is superseded. */
+  answer_all(db, bad1, "still not");
+  ASSERT_EQ(outgoing_count(db), 0);
+  ASSERT_OK(edit(db, bad2, "standard_code", "OP10"));
+  ASSERT_EQ(outgoing_count(db), 1);
+  ASSERT_OK(fieldsync_counts(db, &c));
+  ASSERT_EQ(c.refused, 1);
+  ASSERT_EQ(c.pending, 1);
+  /* Retrying everything. */
+  ASSERT_OK(fieldsync_retry_refused(db, NULL, &n));
+  ASSERT_EQ(n, 1);
+  ASSERT_EQ(outgoing_count(db), 2);
+  ASSERT_OK(fieldsync_retry_refused(db, NULL, &n));
+  ASSERT_EQ(n, 0);
+  /* The refused listing and the outgoing query each read a partial index. */
+  plan_of(db, FSC_ST_OUTGOING, plan, sizeof(plan));
+  ASSERT(strstr(plan, "versions_pending") != NULL);
+  fieldsync_close(db);
+}
+
+/* Records the held scope and a backfill position; builds a Changes. */
+static void changes_init(Fieldsync__Changes *ch, uint64_t next_cursor) {
+  fieldsync__changes__init(ch);
+  ch->has_next_cursor = 1;
+  ch->next_cursor = next_cursor;
+}
+
+static void scope_pb(Fieldsync__ScopeKey *k, struct fsc_scope *sc) {
+  fieldsync__scope_key__init(k);
+  k->has_kind = 1;
+  k->kind = (Fieldsync__ScopeKind)sc->kind;
+  k->has_id = 1;
+  k->id.data = sc->id;
+  k->id.len = 16;
+}
+
+/* A replica with visit A (an acknowledged record, a pending one, a refused
+ * one and a pending deletion), visit B (pending) and service S
+ * (acknowledged), holding scopes A, B and S. */
+struct scoped {
+  fieldsync_db *db;
+  char a_acked[33];
+  char a_pending[33];
+  char a_refused[33];
+  char a_deleted[33];
+  char b_pending[33];
+  char s_acked[33];
+};
+
+static void scoped_setup(struct scoped *x, const char *name) {
+  const char *oa[] = {"visit_id", visit_a, "standard_code", "OP1", NULL};
+  const char *ob[] = {"visit_id", visit_b, "standard_code", "OP2", NULL};
+  const char *rq[] = {"service_id", service_a, "text", "Sign MAR", NULL};
+  struct fsc_scope sc;
+
+  x->db = open_new(name);
+  ASSERT_OK(add(x->db, "observation", x->a_acked, oa));
+  ASSERT_OK(add(x->db, "observation", x->a_deleted, oa));
+  ASSERT_OK(add(x->db, "requirement", x->s_acked, rq));
+  ASSERT_OK(add(x->db, "observation", x->a_refused, oa));
+  answer_all(x->db, x->a_refused, "no");
+  ASSERT_OK(fieldsync_delete(x->db, x->a_deleted));
+  ASSERT_OK(add(x->db, "observation", x->a_pending, oa));
+  ASSERT_OK(edit(x->db, x->a_pending, "judgement", "2"));
+  ASSERT_OK(add(x->db, "observation", x->b_pending, ob));
+  sc = scope_of(FIELDSYNC__SCOPE_KIND__SCOPE_VISIT, visit_a);
+  ASSERT_OK(fsc_scope_hold(x->db, &sc));
+  sc = scope_of(FIELDSYNC__SCOPE_KIND__SCOPE_VISIT, visit_b);
+  ASSERT_OK(fsc_scope_hold(x->db, &sc));
+  sc = scope_of(FIELDSYNC__SCOPE_KIND__SCOPE_SERVICE, service_a);
+  ASSERT_OK(fsc_scope_hold(x->db, &sc));
+}
+
+/* Removing scope A quarantines A's unacknowledged versions (pending,
+ * refused, a pending deletion), deletes A's records (acknowledged ones
+ * too) and drops A from the held scopes; B and S are untouched. */
+TEST(scope_removal_quarantines) {
+  struct fsc_apply_stats st;
+  struct fieldsync_counts c;
+  struct scoped x;
+  struct fsc_scope a = scope_of(FIELDSYNC__SCOPE_KIND__SCOPE_VISIT, visit_a);
+  struct fsc_scope *held;
+  Fieldsync__Changes ch;
+  Fieldsync__ScopeKey k;
+  Fieldsync__ScopeKey *kp = &k;
+  struct objs q;
+  size_t n;
+  size_t i;
+
+  setup_dir();
+  scoped_setup(&x, "s.db");
+  changes_init(&ch, 7);
+  scope_pb(&k, &a);
+  ch.n_removed_scopes = 1;
+  ch.removed_scopes = &kp;
+  ASSERT_OK(fsc_store_apply_changes(x.db, &ch, &st));
+  ASSERT_EQ(st.removed, 4);
+  ASSERT_EQ(st.quarantined, 3);
+  ASSERT_EQ(versions_count(x.db, x.a_acked), 0);
+  ASSERT_EQ(versions_count(x.db, x.a_pending), 0);
+  ASSERT_EQ(versions_count(x.db, x.a_refused), 0);
+  ASSERT_EQ(versions_count(x.db, x.a_deleted), 0);
+  ASSERT_EQ(versions_count(x.db, x.b_pending), 1);
+  ASSERT_EQ(versions_count(x.db, x.s_acked), 1);
+  ASSERT_OK(fieldsync_counts(x.db, &c));
+  ASSERT_EQ(c.records, 2);
+  ASSERT_EQ(c.pending, 1);
+  ASSERT_EQ(c.refused, 0);
+  ASSERT_EQ(c.quarantined, 3);
+  ASSERT_EQ(c.held_scopes, 2);
+  ASSERT_EQ(c.cursor, 7);
+  ASSERT_OK(fsc_scope_held(x.db, &held, &n));
+  ASSERT_EQ(n, 2);
+  ASSERT_EQ(held[0].kind, FIELDSYNC__SCOPE_KIND__SCOPE_VISIT);
+  {
+    struct fsc_scope b = scope_of(FIELDSYNC__SCOPE_KIND__SCOPE_VISIT, visit_b);
+    ASSERT_MEM_EQ(held[0].id, b.id, 16);
+  }
+  ASSERT_EQ(held[1].kind, FIELDSYNC__SCOPE_KIND__SCOPE_SERVICE);
+  fsp_free(held);
+
+  /* The quarantine, oldest first, in the documented shape. */
+  memset(&q, 0, sizeof(q));
+  ASSERT_OK(fieldsync_quarantine(x.db, objs_cb, &q));
+  ASSERT_EQ(q.n, 3);
+  ASSERT_STR_EQ(str_of(q.o[0], "id"), x.a_refused);
+  ASSERT_STR_EQ(str_of(q.o[1], "id"), x.a_deleted);
+  ASSERT_STR_EQ(str_of(q.o[2], "id"), x.a_pending);
+  for (i = 0; i < q.n; i++) {
+    static const char *const keys[] = {
+        "qid",     "collection", "id",   "scope",  "reason", "quarantined_at",
+        "deleted", "vv",         "hash", "author", "time",   "refused",
+        "fields"};
+    json_t *o = q.o[i];
+    size_t k2;
+
+    ASSERT_EQ(json_object_size(o), 13);
+    for (k2 = 0; k2 < 13; k2++)
+      if (json_object_get(o, keys[k2]) == NULL)
+        test_fail(__FILE__, __LINE__, "no \"%s\"", keys[k2]);
+    ASSERT(json_is_integer(json_object_get(o, "qid")));
+    ASSERT_EQ(json_integer_value(json_object_get(o, "qid")), (int)i + 1);
+    ASSERT_STR_EQ(str_of(o, "collection"), "observation");
+    ASSERT_STR_EQ(str_of(json_object_get(o, "scope"), "kind"), "visit");
+    ASSERT_STR_EQ(str_of(json_object_get(o, "scope"), "id"), visit_a);
+    ASSERT_STR_EQ(str_of(o, "reason"), "scope removed by the server");
+    ASSERT_EQ(strlen(str_of(o, "quarantined_at")), 24);
+    ASSERT_EQ(strlen(str_of(o, "hash")), 64);
+    ASSERT_EQ(json_object_size(json_object_get(o, "vv")), 1);
+    ASSERT_STR_EQ(str_of(o, "author"), "s.db");
+    ASSERT_EQ(strlen(str_of(o, "time")), 24);
+  }
+  ASSERT_STR_EQ(str_of(json_object_get(q.o[0], "refused"), "code"),
+                "ERR_FORBIDDEN");
+  ASSERT_STR_EQ(str_of(json_object_get(q.o[0], "refused"), "reason"), "no");
+  ASSERT(json_is_object(json_object_get(q.o[0], "fields")));
+  ASSERT(json_is_true(json_object_get(q.o[1], "deleted")));
+  ASSERT(json_is_null(json_object_get(q.o[1], "fields")));
+  ASSERT(json_is_null(json_object_get(q.o[1], "refused")));
+  ASSERT(json_is_false(json_object_get(q.o[2], "deleted")));
+  ASSERT(json_is_null(json_object_get(q.o[2], "refused")));
+  ASSERT_STR_EQ(str_of(json_object_get(q.o[2], "fields"), "standard_code"),
+                "OP1");
+  ASSERT_EQ(json_integer_value(json_object_get(
+                json_object_get(q.o[2], "fields"), "judgement")),
+            2);
+  ASSERT_EQ(
+      json_integer_value(json_object_get(json_object_get(q.o[2], "vv"),
+                                         json_object_iter_key(json_object_iter(
+                                             json_object_get(q.o[2], "vv"))))),
+      2); /* the edit's version, not the superseded create */
+  objs_free(&q);
+
+  /* The same removal again changes nothing. */
+  ASSERT_OK(fsc_store_apply_changes(x.db, &ch, &st));
+  ASSERT_EQ(st.removed, 0);
+  ASSERT_EQ(st.quarantined, 0);
+  ASSERT_OK(fieldsync_counts(x.db, &c));
+  ASSERT_EQ(c.quarantined, 3);
+  fieldsync_close(x.db);
+}
+
+/* A Changes is applied whole or not at all: a removal followed by a change
+ * that cannot be applied leaves the scope, its records, the held scopes,
+ * the quarantine and the cursor as they were. */
+TEST(scope_removal_is_atomic) {
+  const char *obs[] = {"visit_id", visit_b, NULL};
+  struct fsc_apply_stats st;
+  struct fieldsync_counts before;
+  struct fieldsync_counts after;
+  struct scoped x;
+  struct fsc_scope a = scope_of(FIELDSYNC__SCOPE_KIND__SCOPE_VISIT, visit_a);
+  struct fsc_outgoing *o;
+  fieldsync_db *other;
+  struct wire w;
+  Fieldsync__Change *cp;
+  Fieldsync__Changes ch;
+  Fieldsync__ScopeKey k;
+  Fieldsync__ScopeKey *kp = &k;
+  char id[33];
+  size_t n;
+
+  setup_dir();
+  scoped_setup(&x, "s.db");
+  other = open_new("o.db");
+  ASSERT_OK(add(other, "observation", id, obs));
+  ASSERT_OK(fsc_store_outgoing(other, 0, 1, &o, &n));
+  ASSERT_EQ(n, 1);
+  to_wire(&o[0], &w, 9);
+  w.e[0].counter = 0; /* a vector the merge refuses */
+  cp = &w.c;
+  changes_init(&ch, 9);
+  scope_pb(&k, &a);
+  ch.n_removed_scopes = 1;
+  ch.removed_scopes = &kp;
+  ch.n_changes = 1;
+  ch.changes = &cp;
+  ASSERT_OK(fieldsync_counts(x.db, &before));
+  ASSERT_NE(fsc_store_apply_changes(x.db, &ch, &st), 0);
+  ASSERT_OK(fieldsync_counts(x.db, &after));
+  ASSERT_MEM_EQ(&before, &after, sizeof(before));
+  ASSERT_EQ(after.quarantined, 0);
+  ASSERT_EQ(after.held_scopes, 3);
+  ASSERT_EQ(versions_count(x.db, x.a_acked), 1);
+  ASSERT_EQ(versions_count(x.db, x.a_refused), 1);
+  /* With the change repaired, the whole message applies. */
+  w.e[0].counter = o[0].v.vv.e[0].counter;
+  ASSERT_OK(fsc_store_apply_changes(x.db, &ch, &st));
+  ASSERT_EQ(st.removed, 4);
+  ASSERT_EQ(st.applied, 1);
+  ASSERT_EQ(versions_count(x.db, id), 1);
+  fsc_outgoing_free(o, n);
+  fieldsync_close(other);
+  fieldsync_close(x.db);
+}
+
+/* Backfill pages store their position and leave the cursor; the last one
+ * makes the scope held; a feed page clears a stale position; removing the
+ * backfilled scope clears it too. */
+TEST(backfill_state) {
+  struct fsc_apply_stats st;
+  struct fsc_backfill bf;
+  struct fieldsync_counts c;
+  struct fsc_scope a = scope_of(FIELDSYNC__SCOPE_KIND__SCOPE_VISIT, visit_a);
+  Fieldsync__Changes ch;
+  Fieldsync__ScopeKey k;
+  Fieldsync__ScopeKey *kp = &k;
+  fieldsync_db *db;
+
+  setup_dir();
+  db = open_new("b.db");
+  ASSERT_OK(fsc_scope_backfill(db, &bf));
+  ASSERT(!bf.active);
+  changes_init(&ch, 20);
+  ASSERT_OK(fsc_store_apply_changes(db, &ch, &st)); /* cursor 20 */
+  scope_pb(&k, &a);
+  ch.backfill_scope = &k;
+  ch.has_backfill_next = 1;
+  ch.backfill_next = 5;
+  ASSERT_OK(fsc_store_apply_changes(db, &ch, &st));
+  ASSERT_OK(fsc_scope_backfill(db, &bf));
+  ASSERT(bf.active);
+  ASSERT_EQ(bf.scope.kind, a.kind);
+  ASSERT_MEM_EQ(bf.scope.id, a.id, 16);
+  ASSERT_EQ(bf.after, 5);
+  ASSERT_OK(fieldsync_counts(db, &c));
+  ASSERT_EQ(c.cursor, 20);
+  ASSERT_EQ(c.held_scopes, 0);
+  /* Survives a close. */
+  fieldsync_close(db);
+  {
+    char path[128];
+    path_in(path, sizeof(path), "b.db");
+    ASSERT_OK(fieldsync_open(path, 0, NULL, &db));
+  }
+  ASSERT_OK(fsc_scope_backfill(db, &bf));
+  ASSERT(bf.active);
+  ASSERT_EQ(bf.after, 5);
+  /* Done: held, position cleared. */
+  ch.backfill_next = 20;
+  ch.has_backfill_done = 1;
+  ch.backfill_done = 1;
+  ASSERT_OK(fsc_store_apply_changes(db, &ch, &st));
+  ASSERT_OK(fsc_scope_backfill(db, &bf));
+  ASSERT(!bf.active);
+  ASSERT_OK(fieldsync_counts(db, &c));
+  ASSERT_EQ(c.held_scopes, 1);
+  ASSERT_EQ(c.cursor, 20);
+  /* A position, then a feed page: cleared, cursor moves. */
+  ch.backfill_scope = &k;
+  ch.has_backfill_done = 0;
+  ch.backfill_done = 0;
+  ch.backfill_next = 3;
+  k.id.data[15] ^= 1; /* another scope */
+  ASSERT_OK(fsc_store_apply_changes(db, &ch, &st));
+  ASSERT_OK(fsc_scope_backfill(db, &bf));
+  ASSERT(bf.active);
+  changes_init(&ch, 25);
+  ASSERT_OK(fsc_store_apply_changes(db, &ch, &st));
+  ASSERT_OK(fsc_scope_backfill(db, &bf));
+  ASSERT(!bf.active);
+  ASSERT_OK(fieldsync_counts(db, &c));
+  ASSERT_EQ(c.cursor, 25);
+  /* A position for a scope the same message removes: cleared. */
+  changes_init(&ch, 25);
+  ch.backfill_scope = &k;
+  ch.has_backfill_next = 1;
+  ch.backfill_next = 3;
+  ASSERT_OK(fsc_store_apply_changes(db, &ch, &st));
+  changes_init(&ch, 25);
+  ch.n_removed_scopes = 1;
+  ch.removed_scopes = &kp;
+  ASSERT_OK(fsc_store_apply_changes(db, &ch, &st));
+  ASSERT_OK(fsc_scope_backfill(db, &bf));
+  ASSERT(!bf.active);
+  fieldsync_close(db);
+}
+
+/* A replica never holds more scopes than a Pull may list. */
+TEST(held_scopes_limit) {
+  struct fsc_apply_stats st;
+  struct fieldsync_counts c;
+  struct fsc_scope sc;
+  Fieldsync__Changes ch;
+  Fieldsync__ScopeKey k;
+  fieldsync_db *db;
+  uint32_t i;
+
+  setup_dir();
+  db = open_new("l.db");
+  memset(&sc, 0, sizeof(sc));
+  sc.kind = FIELDSYNC__SCOPE_KIND__SCOPE_VISIT;
+  ASSERT_OK(sqlite3_exec(db->sql, "BEGIN", NULL, NULL, NULL));
+  for (i = 0; i < FSP_MAX_HELD_SCOPES; i++) {
+    memcpy(sc.id, &i, sizeof(i));
+    ASSERT_OK(fsc_scope_hold(db, &sc));
+  }
+  ASSERT_OK(sqlite3_exec(db->sql, "COMMIT", NULL, NULL, NULL));
+  changes_init(&ch, 0);
+  i = FSP_MAX_HELD_SCOPES;
+  memcpy(sc.id, &i, sizeof(i));
+  scope_pb(&k, &sc);
+  ch.backfill_scope = &k;
+  ch.has_backfill_done = 1;
+  ch.backfill_done = 1;
+  ASSERT_EQ(fsc_store_apply_changes(db, &ch, &st), FIELDSYNC_EVALUE);
+  ASSERT(strstr(fieldsync_errmsg(db), "held scopes") != NULL);
+  ASSERT_OK(fieldsync_counts(db, &c));
+  ASSERT_EQ(c.held_scopes, FSP_MAX_HELD_SCOPES);
+  /* One already held is no growth. */
+  i = 7;
+  memcpy(sc.id, &i, sizeof(i));
+  ASSERT_OK(fsc_store_apply_changes(db, &ch, &st));
+  fieldsync_close(db);
+}
+
+TEST(quarantine_discard) {
+  struct fsc_apply_stats st;
+  struct fieldsync_counts c;
+  struct scoped x;
+  struct fsc_scope a = scope_of(FIELDSYNC__SCOPE_KIND__SCOPE_VISIT, visit_a);
+  struct fsc_scope b = scope_of(FIELDSYNC__SCOPE_KIND__SCOPE_VISIT, visit_b);
+  Fieldsync__Changes ch;
+  Fieldsync__ScopeKey k;
+  Fieldsync__ScopeKey *kp = &k;
+  struct objs q;
+  size_t n = 99;
+
+  setup_dir();
+  scoped_setup(&x, "q.db");
+  changes_init(&ch, 1);
+  scope_pb(&k, &a);
+  ch.n_removed_scopes = 1;
+  ch.removed_scopes = &kp;
+  ASSERT_OK(fsc_store_apply_changes(x.db, &ch, &st));
+  ASSERT_EQ(fieldsync_quarantine_discard(x.db, 9, &n), FIELDSYNC_ENOTFOUND);
+  ASSERT_EQ(n, 0);
+  ASSERT_EQ(fieldsync_quarantine_discard(x.db, -1, &n), FIELDSYNC_EINVAL);
+  ASSERT_OK(fieldsync_quarantine_discard(x.db, 2, &n));
+  ASSERT_EQ(n, 1);
+  ASSERT_EQ(fieldsync_quarantine_discard(x.db, 2, &n), FIELDSYNC_ENOTFOUND);
+  memset(&q, 0, sizeof(q));
+  ASSERT_OK(fieldsync_quarantine(x.db, objs_cb, &q));
+  ASSERT_EQ(q.n, 2);
+  ASSERT_EQ(json_integer_value(json_object_get(q.o[0], "qid")), 1);
+  ASSERT_EQ(json_integer_value(json_object_get(q.o[1], "qid")), 3);
+  objs_free(&q);
+  ASSERT_OK(fieldsync_quarantine_discard(x.db, 0, &n));
+  ASSERT_EQ(n, 2);
+  /* A qid is never reused: B's pending version gets 4. */
+  scope_pb(&k, &b);
+  ASSERT_OK(fsc_store_apply_changes(x.db, &ch, &st));
+  ASSERT_EQ(st.quarantined, 1);
+  memset(&q, 0, sizeof(q));
+  ASSERT_OK(fieldsync_quarantine(x.db, objs_cb, &q));
+  ASSERT_EQ(q.n, 1);
+  ASSERT_EQ(json_integer_value(json_object_get(q.o[0], "qid")), 4);
+  ASSERT_STR_EQ(str_of(q.o[0], "id"), x.b_pending);
+  objs_free(&q);
+  ASSERT_OK(fieldsync_counts(x.db, &c));
+  ASSERT_EQ(c.quarantined, 1);
+  ASSERT_OK(fieldsync_quarantine_discard(x.db, 0, NULL));
+  ASSERT_OK(fieldsync_quarantine_discard(x.db, 0, &n)); /* empty: fine */
+  ASSERT_EQ(n, 0);
+  fieldsync_close(x.db);
+}
+
+/* A revoked device: every unacknowledged version quarantined, everything
+ * else wiped; the replica id, the quarantine and the database stay
+ * usable. */
+TEST(revoke_wipes_but_quarantines) {
+  struct fieldsync_counts c;
+  struct scoped x;
+  struct objs q;
+  uint8_t server[16] = {7};
+  char hex1[33];
+  char hex2[33];
+  char path[128];
+  char id[33];
+  size_t removed;
+  size_t quarantined;
+  const char *obs[] = {"visit_id", visit_a, NULL};
+
+  setup_dir();
+  scoped_setup(&x, "w.db");
+  ASSERT_OK(fsc_store_server(x.db, server));
+  ASSERT_OK(sqlite3_exec(x.db->sql,
+                         "UPDATE meta SET value = 77 WHERE key = 'pull_cursor'",
+                         NULL, NULL, NULL));
+  fieldsync_replica_id(x.db, hex1);
+  ASSERT_OK(fsc_scope_wipe(x.db, &removed, &quarantined));
+  ASSERT_EQ(removed, 6);
+  ASSERT_EQ(quarantined, 4); /* A: deletion, refused, pending; B: pending */
+  ASSERT_OK(fieldsync_counts(x.db, &c));
+  ASSERT_EQ(c.records, 0);
+  ASSERT_EQ(c.pending, 0);
+  ASSERT_EQ(c.refused, 0);
+  ASSERT_EQ(c.held_scopes, 0);
+  ASSERT_EQ(c.cursor, 0);
+  ASSERT_EQ(c.quarantined, 4);
+  ASSERT_EQ(sql_int(x.db, "SELECT count(*) FROM versions"), 0);
+  ASSERT_EQ(sql_int(x.db, "SELECT count(*) FROM meta WHERE key = "
+                          "'server_id'"),
+            0);
+  memset(&q, 0, sizeof(q));
+  ASSERT_OK(fieldsync_quarantine(x.db, objs_cb, &q));
+  ASSERT_EQ(q.n, 4);
+  ASSERT_STR_EQ(str_of(q.o[0], "reason"), "device revoked");
+  ASSERT_STR_EQ(str_of(q.o[3], "id"), x.b_pending);
+  ASSERT_STR_EQ(str_of(json_object_get(q.o[3], "scope"), "id"), visit_b);
+  objs_free(&q);
+  fieldsync_close(x.db);
+  path_in(path, sizeof(path), "w.db");
+  ASSERT_OK(fieldsync_open(path, 0, NULL, &x.db));
+  fieldsync_replica_id(x.db, hex2);
+  ASSERT_STR_EQ(hex1, hex2);
+  ASSERT_OK(add(x.db, "observation", id, obs));
+  ASSERT_OK(fieldsync_counts(x.db, &c));
+  ASSERT_EQ(c.records, 1);
+  ASSERT_EQ(c.pending, 1);
+  ASSERT_EQ(c.quarantined, 4);
+  fieldsync_close(x.db);
+}
+
+TEST_LIST(
+    TEST_ENTRY(open_create_and_reopen) TEST_ENTRY(batches) TEST_ENTRY(
+        open_refuses_bad_files) TEST_ENTRY(open_refuses_newer_schema)
+        TEST_ENTRY(open_refuses_foreign_sqlite) TEST_ENTRY(
+            create_get_edit_delete) TEST_ENTRY(bad_input_leaves_db_unchanged)
+            TEST_ENTRY(queries_use_filters) TEST_ENTRY(
+                concurrent_edits_become_siblings)
+                TEST_ENTRY(resolve_with_new_content) TEST_ENTRY(
+                    delete_vs_edit_is_a_conflict)
+                    TEST_ENTRY(same_content_concurrently) TEST_ENTRY(
+                        new_server_resets_cursor) TEST_ENTRY(concurrent_deletes)
+                        TEST_ENTRY(outgoing_batches_in_order) TEST_ENTRY(
+                            apply_is_atomic_with_cursor)
+                            TEST_ENTRY(import_csv_and_jsonl) TEST_ENTRY(
+                                import_bad_row_keeps_nothing)
+                                TEST_ENTRY(introspection) TEST_ENTRY(
+                                    allocation_failures_are_clean)
+                                    TEST_ENTRY(migrate_from_schema_1) TEST_ENTRY(
+                                        refused_marked_until_retry)
+                                        TEST_ENTRY(scope_removal_quarantines) TEST_ENTRY(
+                                            scope_removal_is_atomic)
+                                            TEST_ENTRY(backfill_state) TEST_ENTRY(
+                                                held_scopes_limit)
+                                                TEST_ENTRY(quarantine_discard)
+                                                    TEST_ENTRY(
+                                                        revoke_wipes_but_quarantines))

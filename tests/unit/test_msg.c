@@ -10,7 +10,7 @@
 #include "fsp_samples.h"
 #include "harness.h"
 
-static uint8_t buf[1 << 16];
+static uint8_t buf[1 << 18]; /* room for 4,097 scope keys */
 
 static const Fieldsync__Envelope__BodyCase all_bodies[] = {
     FIELDSYNC__ENVELOPE__BODY_HELLO,   FIELDSYNC__ENVELOPE__BODY_WELCOME,
@@ -241,9 +241,14 @@ TEST(err_missing) {
   s.push.has_batch_id = 0;
   expect(&s, FSP_EMISSING, "push.batch_id");
 
+  /* A Hello without a token decodes: the server refuses it with
+   * ERR_UNAUTHENTICATED, like any other token it does not know. */
   sample_envelope_init(&s, FIELDSYNC__ENVELOPE__BODY_HELLO);
   s.hello.device_token = NULL;
-  expect(&s, FSP_EMISSING, "hello.device_token");
+  {
+    struct fsp_error err;
+    ASSERT_OK(decode_with(&s, NULL, &err));
+  }
 
   sample_envelope_init(&s, FIELDSYNC__ENVELOPE__BODY_PUSH);
   s.ch[1].c.scope = NULL;
@@ -541,7 +546,91 @@ TEST(vv_pb_conversion) {
   fsp_vv_close(&v);
 }
 
+/* Pull.held_scopes and the scope fields of Changes (PROTOCOL.md "Scopes"):
+ * valid lists pass; order, duplicates, kinds, id lengths, counts at the
+ * limit and one past it, and orphaned backfill fields are refused. */
+TEST(scope_lists) {
+  static Fieldsync__ScopeKey k[FSP_MAX_HELD_SCOPES + 1];
+  static Fieldsync__ScopeKey *kp[FSP_MAX_HELD_SCOPES + 1];
+  static uint8_t ids[FSP_MAX_HELD_SCOPES + 1][16];
+  struct sample_envelope s;
+  struct fsp_error err;
+  size_t i;
+
+  for (i = 0; i <= FSP_MAX_HELD_SCOPES; i++) {
+    fieldsync__scope_key__init(&k[i]);
+    k[i].has_kind = 1;
+    k[i].kind = FIELDSYNC__SCOPE_KIND__SCOPE_VISIT;
+    memset(ids[i], 0, 16);
+    ids[i][14] = (uint8_t)(i >> 8);
+    ids[i][15] = (uint8_t)i;
+    k[i].has_id = 1;
+    k[i].id.data = ids[i];
+    k[i].id.len = 16;
+    kp[i] = &k[i];
+  }
+  ASSERT(fsp_scope_cmp(1, ids[1], 1, ids[2]) < 0);
+  ASSERT(fsp_scope_cmp(2, ids[1], 1, ids[2]) > 0);
+  ASSERT_EQ(fsp_scope_cmp(1, ids[3], 1, ids[3]), 0);
+
+  sample_envelope_init(&s, FIELDSYNC__ENVELOPE__BODY_PULL);
+  s.pull.n_held_scopes = FSP_MAX_HELD_SCOPES; /* at the limit */
+  s.pull.held_scopes = kp;
+  ASSERT_OK(decode_with(&s, NULL, &err));
+  s.pull.n_held_scopes = FSP_MAX_HELD_SCOPES + 1;
+  expect(&s, FSP_ETOO_MANY, "pull.held_scopes");
+  s.pull.n_held_scopes = 3;
+  s.pull.held_scopes = &kp[0];
+  ASSERT_OK(decode_with(&s, NULL, &err));
+  /* The kind sorts first: VISIT (1) before SERVICE (2). */
+  k[1].kind = FIELDSYNC__SCOPE_KIND__SCOPE_SERVICE;
+  expect(&s, FSP_EBAD_VALUE, "pull.held_scopes[2]");
+  k[2].kind = FIELDSYNC__SCOPE_KIND__SCOPE_SERVICE;
+  ASSERT_OK(decode_with(&s, NULL, &err));
+  k[0].kind = k[1].kind = k[2].kind = FIELDSYNC__SCOPE_KIND__SCOPE_VISIT;
+  kp[1] = &k[0]; /* duplicate */
+  expect(&s, FSP_EBAD_VALUE, "pull.held_scopes[1]");
+  kp[1] = &k[2];
+  kp[2] = &k[1]; /* out of order */
+  expect(&s, FSP_EBAD_VALUE, "pull.held_scopes[2]");
+  kp[2] = &k[2];
+  kp[1] = &k[1];
+  k[1].id.len = 15;
+  expect(&s, FSP_EBAD_ID, "pull.held_scopes[1]");
+  k[1].id.len = 16;
+  k[1].kind = (Fieldsync__ScopeKind)9;
+  expect(&s, FSP_EBAD_ENUM, "pull.held_scopes[1]");
+  k[1].kind = FIELDSYNC__SCOPE_KIND__SCOPE_VISIT;
+  s.pull.has_backfill_after = 1;
+  s.pull.backfill_after = 7;
+  expect(&s, FSP_EBAD_VALUE, "pull.backfill_after");
+  s.pull.backfill_scope = &k[3];
+  ASSERT_OK(decode_with(&s, NULL, &err));
+  k[3].has_id = 0;
+  expect(&s, FSP_EMISSING, "pull.backfill_scope");
+  k[3].has_id = 1;
+
+  sample_envelope_init(&s, FIELDSYNC__ENVELOPE__BODY_CHANGES);
+  s.changes.n_removed_scopes = 2;
+  s.changes.removed_scopes = &kp[0];
+  ASSERT_OK(decode_with(&s, NULL, &err));
+  s.changes.n_removed_scopes = FSP_MAX_HELD_SCOPES + 1;
+  expect(&s, FSP_ETOO_MANY, "changes.removed_scopes");
+  s.changes.n_removed_scopes = 2;
+  s.changes.has_backfill_done = 1;
+  s.changes.backfill_done = 1;
+  expect(&s, FSP_EBAD_VALUE, "changes.backfill_next/done");
+  s.changes.backfill_scope = &k[3];
+  s.changes.has_backfill_next = 1;
+  s.changes.backfill_next = 3;
+  ASSERT_OK(decode_with(&s, NULL, &err));
+  k[3].id.len = 3;
+  expect(&s, FSP_EBAD_ID, "changes.backfill_scope");
+  k[3].id.len = 16;
+}
+
 TEST_LIST(TEST_ENTRY(every_body_round_trips)
+          TEST_ENTRY(scope_lists)
           TEST_ENTRY(encode_frame_adds_header_and_version)
           TEST_ENTRY(err_nomem)
           TEST_ENTRY(err_frame_too_big)

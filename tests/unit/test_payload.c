@@ -293,6 +293,60 @@ TEST(scope_derivation) {
   ASSERT(strstr(err.msg, "visit_id") != NULL);
 }
 
+/* Owners and a visit's service, which the server's policy reads. */
+TEST(owner_and_service) {
+  static uint8_t svc[16] = {9, 9, 9};
+  uint8_t out[16];
+  Fieldsync__Visit v;
+  Fieldsync__InterviewNote n;
+  Fieldsync__Service s;
+  const struct fsp_collection *vcol = fsp_payload_by_name("visit");
+  const struct fsp_collection *note = fsp_payload_by_name("interview_note");
+  const struct fsp_collection *service = fsp_payload_by_name("service");
+  size_t i;
+  size_t ncol;
+  const struct fsp_collection *all = fsp_payload_collections(&ncol);
+
+  fieldsync__visit__init(&v);
+  ASSERT_STR_EQ(fsp_payload_owner(vcol, &v.base), "");
+  ASSERT(!fsp_payload_service(vcol, &v.base, out));
+  v.lead_inspector = "lead";
+  v.has_service_id = 1;
+  v.service_id.data = svc;
+  v.service_id.len = 16;
+  ASSERT_STR_EQ(fsp_payload_owner(vcol, &v.base), "lead");
+  ASSERT(fsp_payload_service(vcol, &v.base, out));
+  ASSERT_MEM_EQ(out, svc, 16);
+  v.service_id.len = 15;
+  ASSERT(!fsp_payload_service(vcol, &v.base, out));
+
+  fieldsync__interview_note__init(&n);
+  n.expert = "eve";
+  ASSERT_STR_EQ(fsp_payload_owner(note, &n.base), "eve");
+  ASSERT(!fsp_payload_service(note, &n.base, out));
+  fieldsync__service__init(&s);
+  ASSERT_STR_EQ(fsp_payload_owner(service, &s.base), "");
+  ASSERT_STR_EQ(fsp_payload_owner(note, NULL), "");
+  /* Every named field exists in its message with the type the
+   * accessors read (a renamed field would silently disable a rule). */
+  for (i = 0; i < ncol; i++) {
+    const ProtobufCFieldDescriptor *f;
+    if (all[i].owner_field != NULL) {
+      f = protobuf_c_message_descriptor_get_field_by_name(all[i].desc,
+                                                          all[i].owner_field);
+      ASSERT(f != NULL);
+      ASSERT_EQ(f->type, PROTOBUF_C_TYPE_STRING);
+      ASSERT(f->label != PROTOBUF_C_LABEL_REPEATED);
+    }
+    if (all[i].service_field != NULL) {
+      f = protobuf_c_message_descriptor_get_field_by_name(
+          all[i].desc, all[i].service_field);
+      ASSERT(f != NULL);
+      ASSERT_EQ(f->type, PROTOBUF_C_TYPE_BYTES);
+    }
+  }
+}
+
 /* A newer client's payload fields survive an older decoder's round trip. */
 TEST(payload_unknown_fields_preserved) {
   static const uint8_t extra[] = {0xc2, 0x3e, 0x02, 'h', 'i'}; /* field 1000 */
@@ -317,6 +371,7 @@ TEST(payload_unknown_fields_preserved) {
 }
 
 TEST_LIST(TEST_ENTRY(registry)
+          TEST_ENTRY(owner_and_service)
           TEST_ENTRY(valid_observation)
           TEST_ENTRY(judgement_scale)
           TEST_ENTRY(id_length)

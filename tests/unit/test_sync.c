@@ -4,8 +4,11 @@
  * protocol through fsp_frame/fsp_msg, keeps a real store (a second
  * fieldsync_db plus a change feed) and can be scripted to misbehave: refuse
  * the token, close mid-session, answer with bad acks, garbage, oversize
- * frames or nothing at all. Every failure must leave the client able to
- * sync again without losing or duplicating anything. */
+ * frames or nothing at all, revoke the device. With `scoped` set it serves
+ * the scopes of PROTOCOL.md "Scopes" (removals, backfills), and a pull hook
+ * lets a test answer Pulls itself (a hostile server). Every failure must
+ * leave the client able to sync again without losing or duplicating
+ * anything. */
 #define _POSIX_C_SOURCE 200809L
 #include <arpa/inet.h>
 #include <errno.h>
@@ -191,16 +194,19 @@ static void to_wire(const struct fsc_outgoing *o, struct wire *w) {
   w->c.version = &w->v;
 }
 
-/* Records written "by other devices": n observations made in the server's
- * replica and put in the feed. Their ids go to ids (may be NULL). */
-static void store_seed(struct store *s, size_t n, char ids[][33]) {
+/* Records written "by other devices": n observations of visit made in
+ * the server's replica and put in the feed. Their ids go to ids (may be
+ * NULL). */
+static void store_seed_in(struct store *s, const char *visit, size_t n,
+                          char ids[][33]) {
+  const char *kv[] = {"visit_id", visit, "standard_code", "SRV", NULL};
   struct fsc_outgoing *o;
   size_t k;
   size_t i;
   char scratch[33];
 
   for (i = 0; i < n; i++)
-    add_obs(s->db, ids != NULL ? ids[i] : scratch, "SRV");
+    add(s->db, "observation", ids != NULL ? ids[i] : scratch, kv);
   ASSERT_OK(fsc_store_outgoing(s->db, 0, 100, &o, &k));
   ASSERT_EQ(k, n);
   for (i = 0; i < k; i++) {
@@ -214,6 +220,10 @@ static void store_seed(struct store *s, size_t n, char ids[][33]) {
     ASSERT_OK(fsc_store_ack(s->db, &a, 1));
   }
   fsc_outgoing_free(o, k);
+}
+
+static void store_seed(struct store *s, size_t n, char ids[][33]) {
+  store_seed_in(s, visit_a, n, ids);
 }
 
 /* A change that passes envelope validation (its hash matches) but whose
@@ -293,9 +303,16 @@ enum script {
   SCRIPT_OVER_LIMIT,    /* answer Pull with a frame over max_frame */
   SCRIPT_STORAGE_ERROR, /* answer Push with Error ERR_STORAGE */
   SCRIPT_WRONG_REPLY,   /* answer Pull with a PushAck */
-  SCRIPT_DRAIN          /* Welcome, then at once Error ERR_SHUTTING_DOWN
+  SCRIPT_DRAIN,         /* Welcome, then at once Error ERR_SHUTTING_DOWN
                            and close, as a draining server does */
+  SCRIPT_REVOKE_HELLO,  /* Error ERR_REVOKED for the Hello */
+  SCRIPT_REVOKE_PUSH,   /* store the first Push, then Error ERR_REVOKED */
+  SCRIPT_REVOKE_PULL    /* Error ERR_REVOKED for the first Pull */
 };
+
+struct fake;
+/* Answers a Pull in place of the fake's own logic (a test's script). */
+typedef void (*pull_hook)(struct fake *f, const Fieldsync__Pull *p);
 
 struct fake {
   /* Set by the test. */
@@ -306,6 +323,12 @@ struct fake {
   uint32_t max_batch;
   uint32_t pull_cap; /* most changes per Changes; 0: no cap of its own */
   int refuse;        /* pushed changes of this collection are refused */
+  const struct fsc_scope *refuse_scope; /* and those of this scope */
+  bool scoped; /* serve only `visible` (PROTOCOL.md "Scopes") */
+  struct fsc_scope visible[4];
+  size_t nvisible;
+  pull_hook on_pull; /* answers every Pull when set */
+  void *hook_data;
   bool small_rcvbuf; /* a tiny receive buffer */
   bool tolerant;     /* out of memory (fault tests) ends the connection
                         instead of failing the test */
@@ -333,6 +356,11 @@ struct fake {
   int pulls;
   uint64_t pull_cursor[LOG_MAX];
   uint32_t pull_max[LOG_MAX];
+  size_t pull_nheld[LOG_MAX];
+  struct fsc_scope pull_held[LOG_MAX][4]; /* the first four */
+  bool pull_bf[LOG_MAX];                  /* carried a backfill_scope */
+  struct fsc_scope pull_bf_scope[LOG_MAX];
+  uint64_t pull_bf_after[LOG_MAX];
   bool bye;
   int client_error; /* ErrorCode the client sent, 0 when none */
   size_t max_body;  /* longest frame body received */
@@ -483,6 +511,10 @@ static void fake_hello(struct fake *f, const Fieldsync__Envelope *env) {
     fake_send_error(f, FIELDSYNC__ERROR_CODE__ERR_SHUTTING_DOWN,
                     "draining; retry later");
     break;
+  case SCRIPT_REVOKE_HELLO:
+    fake_send_error(f, FIELDSYNC__ERROR_CODE__ERR_REVOKED,
+                    "device reported lost");
+    break;
   default:
     fake_welcome(f);
     break;
@@ -523,7 +555,10 @@ static void fake_push(struct fake *f, Fieldsync__Push *p, bool answer) {
     o->has_hash = 1;
     o->hash = c->version->hash;
     o->has_outcome = 1;
-    if ((int)c->key->collection == f->refuse) {
+    if ((int)c->key->collection == f->refuse ||
+        (f->refuse_scope != NULL &&
+         (int)c->scope->kind == f->refuse_scope->kind &&
+         memcmp(c->scope->id.data, f->refuse_scope->id, 16) == 0)) {
       o->outcome = FIELDSYNC__OUTCOME__OUTCOME_REFUSED;
       o->has_reason_code = 1;
       o->reason_code = FIELDSYNC__ERROR_CODE__ERR_FORBIDDEN;
@@ -557,12 +592,131 @@ static void fake_push(struct fake *f, Fieldsync__Push *p, bool answer) {
     oc[ack.n_outcomes - 1].hash.data = other_hash;
     oc[ack.n_outcomes - 1].hash.len = 32;
   }
+  if (f->script == SCRIPT_REVOKE_PUSH && answer) {
+    /* Stored and committed; the revocation closes the session before the
+     * PushAck goes out. */
+    answer = false;
+    f->dead = true;
+    fake_send_error(f, FIELDSYNC__ERROR_CODE__ERR_REVOKED,
+                    "device reported lost");
+  }
   env.body_case = FIELDSYNC__ENVELOPE__BODY_PUSH_ACK;
   env.push_ack = &ack;
   if (answer)
     fake_send(f, &env);
   free(oc);
   free(op);
+}
+
+static bool scope_is(const Fieldsync__ScopeKey *k, const struct fsc_scope *sc) {
+  return (int)k->kind == sc->kind && memcmp(k->id.data, sc->id, 16) == 0;
+}
+
+static bool visible(const struct fake *f, const Fieldsync__ScopeKey *k) {
+  size_t i;
+
+  for (i = 0; i < f->nvisible; i++)
+    if (scope_is(k, &f->visible[i]))
+      return true;
+  return false;
+}
+
+static void scope_pb(Fieldsync__ScopeKey *k, const struct fsc_scope *sc) {
+  fieldsync__scope_key__init(k);
+  k->has_kind = 1;
+  k->kind = (Fieldsync__ScopeKind)sc->kind;
+  k->has_id = 1;
+  k->id.data = (uint8_t *)sc->id;
+  k->id.len = 16;
+}
+
+/* A scoped server (PROTOCOL.md "Scopes", as fieldsyncd does it): removes
+ * held scopes that are not visible; backfills the first visible scope not
+ * held (versions with backfill_after < seq <= cursor, at most max); else
+ * answers from the feed, skipping what is not visible. */
+static void fake_pull_scoped(struct fake *f, const Fieldsync__Pull *p,
+                             uint32_t max) {
+  Fieldsync__Envelope env = FIELDSYNC__ENVELOPE__INIT;
+  Fieldsync__Changes ch = FIELDSYNC__CHANGES__INIT;
+  Fieldsync__Change *cp[FEED_MAX];
+  Fieldsync__ScopeKey rk[8];
+  Fieldsync__ScopeKey *rkp[8];
+  Fieldsync__ScopeKey bk;
+  const struct fsc_scope *best = NULL;
+  uint64_t end;
+  uint64_t seq;
+  uint64_t examined;
+  size_t k = 0;
+  size_t i;
+  size_t j;
+
+  if (f->pull_cap != 0 && f->pull_cap < max)
+    max = f->pull_cap;
+  for (i = 0; i < p->n_held_scopes; i++) {
+    if (!visible(f, p->held_scopes[i])) {
+      ASSERT_LT(ch.n_removed_scopes, 8);
+      rk[ch.n_removed_scopes] = *p->held_scopes[i];
+      rkp[ch.n_removed_scopes] = &rk[ch.n_removed_scopes];
+      ch.n_removed_scopes++;
+    }
+  }
+  ch.removed_scopes = rkp;
+  for (i = 0; i < f->nvisible; i++) {
+    bool held = false;
+    for (j = 0; j < p->n_held_scopes; j++)
+      held = held || scope_is(p->held_scopes[j], &f->visible[i]);
+    if (!held &&
+        (best == NULL || fsp_scope_cmp(f->visible[i].kind, f->visible[i].id,
+                                       best->kind, best->id) < 0))
+      best = &f->visible[i];
+  }
+  ch.has_next_cursor = 1;
+  ch.has_more = 1;
+  if (best != NULL) {
+    end = p->cursor < f->store->n ? p->cursor : f->store->n;
+    examined = p->backfill_scope != NULL && scope_is(p->backfill_scope, best)
+                   ? p->backfill_after
+                   : 0;
+    for (seq = examined + 1; seq <= end && k < max; seq++) {
+      Fieldsync__Change *c = fieldsync__change__unpack(
+          NULL, f->store->len[seq - 1], f->store->feed[seq - 1]);
+      ASSERT(c != NULL);
+      examined = seq;
+      if (scope_is(c->scope, best))
+        cp[k++] = c;
+      else
+        fieldsync__change__free_unpacked(c, NULL);
+    }
+    scope_pb(&bk, best);
+    ch.backfill_scope = &bk;
+    ch.has_backfill_next = 1;
+    ch.backfill_next = examined;
+    ch.has_backfill_done = 1;
+    ch.backfill_done = examined >= end;
+    ch.next_cursor = p->cursor;
+    ch.more = 1;
+  } else {
+    examined = p->cursor;
+    for (seq = p->cursor + 1; seq <= f->store->n && k < max; seq++) {
+      Fieldsync__Change *c = fieldsync__change__unpack(
+          NULL, f->store->len[seq - 1], f->store->feed[seq - 1]);
+      ASSERT(c != NULL);
+      examined = seq;
+      if (visible(f, c->scope))
+        cp[k++] = c;
+      else
+        fieldsync__change__free_unpacked(c, NULL);
+    }
+    ch.next_cursor = examined > p->cursor ? examined : p->cursor;
+    ch.more = examined < f->store->n;
+  }
+  ch.n_changes = k;
+  ch.changes = cp;
+  env.body_case = FIELDSYNC__ENVELOPE__BODY_CHANGES;
+  env.changes = &ch;
+  fake_send(f, &env);
+  for (i = 0; i < k; i++)
+    fieldsync__change__free_unpacked(cp[i], NULL);
 }
 
 /* Answers a Pull from the feed: changes with seq > cursor, at most
@@ -579,10 +733,36 @@ static void fake_pull(struct fake *f, const Fieldsync__Pull *p) {
   size_t i;
 
   if (f->pulls < LOG_MAX) {
-    f->pull_cursor[f->pulls] = p->cursor;
-    f->pull_max[f->pulls] = max;
+    int n = f->pulls;
+    f->pull_cursor[n] = p->cursor;
+    f->pull_max[n] = max;
+    f->pull_nheld[n] = p->n_held_scopes;
+    for (i = 0; i < p->n_held_scopes && i < 4; i++) {
+      f->pull_held[n][i].kind = (int)p->held_scopes[i]->kind;
+      memcpy(f->pull_held[n][i].id, p->held_scopes[i]->id.data, 16);
+    }
+    f->pull_bf[n] = p->backfill_scope != NULL;
+    if (p->backfill_scope != NULL) {
+      f->pull_bf_scope[n].kind = (int)p->backfill_scope->kind;
+      memcpy(f->pull_bf_scope[n].id, p->backfill_scope->id.data, 16);
+      f->pull_bf_after[n] = p->backfill_after;
+    }
   }
   f->pulls++;
+  if (f->script == SCRIPT_REVOKE_PULL) {
+    fake_send_error(f, FIELDSYNC__ERROR_CODE__ERR_REVOKED,
+                    "device reported lost");
+    f->dead = true;
+    return;
+  }
+  if (f->on_pull != NULL) {
+    f->on_pull(f, p);
+    return;
+  }
+  if (f->scoped) {
+    fake_pull_scoped(f, p, max);
+    return;
+  }
   if (f->script == SCRIPT_WRONG_REPLY) {
     Fieldsync__PushAck ack = FIELDSYNC__PUSH_ACK__INIT;
     ack.has_batch_id = 1;
@@ -1243,11 +1423,12 @@ TEST(server_never_answers) {
   fieldsync_close(db);
 }
 
-TEST(refused_stays_pending) {
+TEST(refused_not_resent_until_retry) {
   const char *req[] = {"service_id", service_a, "text", "Sign MAR charts",
                        NULL};
   struct fieldsync_sync_opts o;
   struct fieldsync_sync_stats st;
+  struct fieldsync_counts c;
   struct store s;
   struct fake f;
   struct log l;
@@ -1255,6 +1436,8 @@ TEST(refused_stays_pending) {
   char obs1[33];
   char obs2[33];
   char rq[33];
+  char *json = NULL;
+  size_t n;
 
   setup_dir();
   db = open_new("tablet.db");
@@ -1280,14 +1463,33 @@ TEST(refused_stays_pending) {
   ASSERT_STR_EQ(l.id[1], rq);
   ASSERT_STR_EQ(l.reason[1], "ERR_FORBIDDEN: requirements are head office's");
   ASSERT_STR_EQ(l.outcome[2], "applied");
-  ASSERT_EQ(pending(db), 1);
+  ASSERT_EQ(versions_of(s.db, rq), 0);
+  /* It stays here, unacknowledged and marked refused. */
+  ASSERT_EQ(pending(db), 0);
+  ASSERT_OK(fieldsync_counts(db, &c));
+  ASSERT_EQ(c.refused, 1);
+  ASSERT_EQ(c.pending, 0);
+  ASSERT_OK(fieldsync_get_json(db, rq, &json));
+  ASSERT(strstr(json, "\"pending\":true,\"refused\":{\"code\":"
+                      "\"ERR_FORBIDDEN\",\"reason\":\"requirements are head "
+                      "office's\"}") != NULL);
+  fieldsync_free(json);
+
+  /* The next sync, to a server that would take it, does not send it. */
+  ASSERT_OK(sync_once(db, &s, SCRIPT_NORMAL, 0, &st));
+  ASSERT_EQ(st.pushed, 0);
+  ASSERT_EQ(st.refused, 0);
   ASSERT_EQ(versions_of(s.db, rq), 0);
 
-  /* The next sync sends it again; this server takes it. */
+  /* After a retry it does. */
+  ASSERT_OK(fieldsync_retry_refused(db, rq, &n));
+  ASSERT_EQ(n, 1);
   ASSERT_OK(sync_once(db, &s, SCRIPT_NORMAL, 0, &st));
   ASSERT_EQ(st.pushed, 1);
   ASSERT_EQ(st.acked, 1);
   ASSERT_EQ(pending(db), 0);
+  ASSERT_OK(fieldsync_counts(db, &c));
+  ASSERT_EQ(c.refused, 0);
   ASSERT_EQ(versions_of(s.db, rq), 1);
   store_close(&s);
   fieldsync_close(db);
@@ -1600,6 +1802,561 @@ TEST(async_start_join) {
   fieldsync_close(db);
 }
 
+/* ---- scopes, removals, backfills, revocation --------------------------- */
+
+static const char *visit_b = "0194a1b2c3d4e5f60718293a4b5c6d7f";
+static const char *visit_c = "0194a1b2c3d4e5f60718293a4b5c0001";
+
+static struct fsc_scope scope_of(int kind, const char *hex) {
+  struct fsc_scope sc;
+
+  sc.kind = kind;
+  ASSERT(fsc_unhex(hex, sc.id, 16));
+  return sc;
+}
+
+static struct fsc_scope visit_scope(const char *hex) {
+  return scope_of(FIELDSYNC__SCOPE_KIND__SCOPE_VISIT, hex);
+}
+
+static bool same_scope(const struct fsc_scope *a, const struct fsc_scope *b) {
+  return a->kind == b->kind && memcmp(a->id, b->id, 16) == 0;
+}
+
+static struct fieldsync_counts counts(fieldsync_db *db) {
+  struct fieldsync_counts c;
+
+  ASSERT_OK(fieldsync_counts(db, &c));
+  return c;
+}
+
+/* Every Pull carries the held scopes sorted by (kind, id), whatever order
+ * they were granted in (the fake's decoder refuses anything else), and no
+ * backfill position when there is none. */
+TEST(pull_lists_held_scopes_sorted) {
+  struct fieldsync_sync_opts o;
+  struct fieldsync_sync_stats st;
+  struct fsc_scope held[3];
+  struct store s;
+  struct fake f;
+  fieldsync_db *db;
+  size_t i;
+
+  setup_dir();
+  db = open_new("tablet.db");
+  store_open(&s, "server.db");
+  held[0] = scope_of(FIELDSYNC__SCOPE_KIND__SCOPE_SERVICE, service_a);
+  held[1] = visit_scope(visit_a);
+  held[2] = visit_scope(visit_c);
+  /* Held scopes belong to a server: bind to this one first. */
+  ASSERT_OK(sync_once(db, &s, SCRIPT_NORMAL, 0, &st));
+  for (i = 0; i < 3; i++)
+    ASSERT_OK(fsc_scope_hold(db, &held[i]));
+  fake_init(&f, &s, SCRIPT_NORMAL);
+  fake_start(&f);
+  o = opts_for(&f, 0, NULL);
+  ASSERT_OK(fieldsync_sync(db, &o, &st));
+  fake_join(&f);
+  ASSERT_EQ(f.pulls, 1);
+  ASSERT_EQ(f.pull_nheld[0], 3);
+  /* visit_c sorts before visit_a; visits (1) before services (2). */
+  ASSERT(same_scope(&f.pull_held[0][0], &held[2]));
+  ASSERT(same_scope(&f.pull_held[0][1], &held[1]));
+  ASSERT(same_scope(&f.pull_held[0][2], &held[0]));
+  ASSERT(!f.pull_bf[0]);
+  store_close(&s);
+  fieldsync_close(db);
+}
+
+/* A newly visible visit is backfilled in pages that leave the cursor
+ * alone; an interrupted backfill resumes from the stored position; at the
+ * end the visit is held and the position is gone. */
+TEST(backfill_pages_and_resume) {
+  struct fieldsync_sync_opts o;
+  struct fieldsync_sync_stats st;
+  struct fsc_backfill bf;
+  struct fsc_scope a = visit_scope(visit_a);
+  struct fsc_scope b = visit_scope(visit_b);
+  struct store s;
+  struct fake f;
+  fieldsync_db *db;
+  char in_a[5][33];
+  char in_b[2][33];
+  int i;
+
+  setup_dir();
+  db = open_new("tablet.db");
+  store_open(&s, "server.db");
+  store_seed_in(&s, visit_a, 3, in_a);     /* seq 1-3 */
+  store_seed_in(&s, visit_b, 2, in_b);     /* seq 4-5 */
+  store_seed_in(&s, visit_a, 2, in_a + 3); /* seq 6-7 */
+
+  /* Only B is assigned: B is backfilled (nothing below cursor 0), held,
+   * and its records come through the feed. */
+  fake_init(&f, &s, SCRIPT_NORMAL);
+  f.scoped = true;
+  f.visible[f.nvisible++] = b;
+  fake_start(&f);
+  o = opts_for(&f, 0, NULL);
+  ASSERT_OK(fieldsync_sync(db, &o, &st));
+  fake_join(&f);
+  ASSERT_EQ(f.pulls, 2);
+  ASSERT_EQ(st.pulled, 2);
+  ASSERT_EQ(cursor_of(db), 7);
+  ASSERT_EQ(counts(db).held_scopes, 1);
+  ASSERT_EQ(versions_of(db, in_b[0]), 1);
+  ASSERT_EQ(versions_of(db, in_a[0]), 0);
+
+  /* A is assigned; two versions a page; the session is cut when the
+   * second backfill Pull arrives (message 3). */
+  fake_init(&f, &s, SCRIPT_CLOSE_AT);
+  f.close_at = 3;
+  f.scoped = true;
+  f.pull_cap = 2;
+  f.visible[f.nvisible++] = a;
+  f.visible[f.nvisible++] = b;
+  fake_start(&f);
+  o = opts_for(&f, 0, NULL);
+  ASSERT_EQ(fieldsync_sync(db, &o, &st), FIELDSYNC_ENETWORK);
+  fake_join(&f);
+  ASSERT_EQ(st.pulled, 2);
+  ASSERT_EQ(versions_of(db, in_a[0]), 1);
+  ASSERT_EQ(versions_of(db, in_a[1]), 1);
+  ASSERT_EQ(versions_of(db, in_a[2]), 0);
+  ASSERT_OK(fsc_scope_backfill(db, &bf));
+  ASSERT(bf.active);
+  ASSERT(same_scope(&bf.scope, &a));
+  ASSERT_EQ(bf.after, 2);
+  ASSERT_EQ(cursor_of(db), 7); /* a backfill never moves the cursor */
+  ASSERT_EQ(counts(db).held_scopes, 1);
+
+  /* The next session resumes after seq 2. */
+  fake_init(&f, &s, SCRIPT_NORMAL);
+  f.scoped = true;
+  f.pull_cap = 2;
+  f.visible[f.nvisible++] = a;
+  f.visible[f.nvisible++] = b;
+  fake_start(&f);
+  o = opts_for(&f, 0, NULL);
+  ASSERT_OK(fieldsync_sync(db, &o, &st));
+  fake_join(&f);
+  ASSERT(f.pull_bf[0]);
+  ASSERT(same_scope(&f.pull_bf_scope[0], &a));
+  ASSERT_EQ(f.pull_bf_after[0], 2);
+  ASSERT_EQ(f.pull_nheld[0], 1);
+  ASSERT_EQ(f.pulls, 3); /* seq 3-6, seq 7 (done), then the feed */
+  ASSERT_EQ(f.pull_bf_after[1], 6);
+  ASSERT(!f.pull_bf[2]);
+  ASSERT_EQ(f.pull_nheld[2], 2);
+  ASSERT_EQ(st.pulled, 3); /* nothing fetched twice */
+  for (i = 0; i < 5; i++)
+    ASSERT_EQ(versions_of(db, in_a[i]), 1);
+  ASSERT_OK(fsc_scope_backfill(db, &bf));
+  ASSERT(!bf.active);
+  ASSERT_EQ(counts(db).held_scopes, 2);
+  ASSERT_EQ(cursor_of(db), 7);
+  store_close(&s);
+  fieldsync_close(db);
+}
+
+/* A stored position names a scope the server no longer backfills (the
+ * visit was unassigned before it finished): the server starts another
+ * scope from the beginning, and the client follows. */
+TEST(backfill_restarts_for_another_scope) {
+  struct fieldsync_sync_opts o;
+  struct fieldsync_sync_stats st;
+  struct fsc_backfill bf;
+  struct store s;
+  struct fake f;
+  fieldsync_db *db;
+  char in_c[3][33];
+
+  setup_dir();
+  db = open_new("tablet.db");
+  store_open(&s, "server.db");
+  /* Bound to the server and pulled up to seq 3 while C was not visible;
+   * a backfill of A was under way at seq 2. */
+  fake_init(&f, &s, SCRIPT_NORMAL);
+  f.scoped = true;
+  fake_start(&f);
+  o = opts_for(&f, 0, NULL);
+  ASSERT_OK(fieldsync_sync(db, &o, &st));
+  fake_join(&f);
+  store_seed_in(&s, visit_c, 3, in_c);
+  {
+    struct fsc_apply_stats ast;
+    ASSERT_OK(fsc_store_apply(db, NULL, 0, 3, &ast));
+  }
+  bf.active = true;
+  bf.scope = visit_scope(visit_a);
+  bf.after = 2;
+  ASSERT_OK(fsc_scope_set_backfill(db, &bf));
+  fake_init(&f, &s, SCRIPT_NORMAL);
+  f.scoped = true;
+  f.pull_cap = 1;
+  f.visible[f.nvisible++] = visit_scope(visit_c);
+  fake_start(&f);
+  o = opts_for(&f, 0, NULL);
+  ASSERT_OK(fieldsync_sync(db, &o, &st));
+  fake_join(&f);
+  ASSERT(f.pull_bf[0]);
+  ASSERT(same_scope(&f.pull_bf_scope[0], &bf.scope)); /* asked for A */
+  ASSERT(f.pull_bf[1]);
+  ASSERT_EQ(f.pull_bf_after[1], 1); /* C from its start, a page at a time */
+  ASSERT_EQ(st.pulled, 3);
+  ASSERT_EQ(versions_of(db, in_c[2]), 1);
+  ASSERT_OK(fsc_scope_backfill(db, &bf));
+  ASSERT(!bf.active);
+  ASSERT_EQ(counts(db).held_scopes, 1);
+  ASSERT_EQ(cursor_of(db), 3);
+  store_close(&s);
+  fieldsync_close(db);
+}
+
+/* What a hostile or broken server's pull hook answers. */
+enum hostile {
+  HOSTILE_SAME_BACKFILL_PAGE, /* an empty backfill page, backfill_next 5 */
+  HOSTILE_EMPTY_FEED_PAGE,    /* more, nothing, next_cursor = cursor */
+  HOSTILE_STUCK_FEED_PAGE,    /* more, a change, next_cursor = cursor */
+  HOSTILE_BACKFILL_CURSOR,    /* a backfill page moving the cursor */
+  HOSTILE_BACKFILL_NO_NEXT,   /* unfinished backfill without backfill_next */
+  HOSTILE_REMOVE_AND_POISON   /* removes A, plus a change that cannot apply */
+};
+
+/* The hook's settings. */
+struct hostile_cfg {
+  enum hostile h;
+  const struct store *poison; /* its first change cannot be applied */
+};
+
+static void hostile_pull(struct fake *f, const Fieldsync__Pull *p) {
+  const struct hostile_cfg *cfg = f->hook_data;
+  enum hostile h = cfg->h;
+  static struct fsc_scope a;
+  Fieldsync__Envelope env = FIELDSYNC__ENVELOPE__INIT;
+  Fieldsync__Changes ch = FIELDSYNC__CHANGES__INIT;
+  Fieldsync__ScopeKey k;
+  Fieldsync__ScopeKey *kp = &k;
+  Fieldsync__Change *c = NULL;
+
+  a = visit_scope(visit_a);
+  scope_pb(&k, &a);
+  ch.has_next_cursor = 1;
+  ch.next_cursor = p->cursor;
+  ch.has_more = 1;
+  ch.more = 1;
+  if (h == HOSTILE_REMOVE_AND_POISON) {
+    c = fieldsync__change__unpack(NULL, cfg->poison->len[0],
+                                  cfg->poison->feed[0]);
+    ASSERT(c != NULL);
+  } else if (f->store->n > 0) {
+    c = fieldsync__change__unpack(NULL, f->store->len[0], f->store->feed[0]);
+    ASSERT(c != NULL);
+  }
+  switch (h) {
+  case HOSTILE_SAME_BACKFILL_PAGE:
+    ch.backfill_scope = &k;
+    ch.has_backfill_next = 1;
+    ch.backfill_next = 5;
+    break;
+  case HOSTILE_EMPTY_FEED_PAGE:
+    break;
+  case HOSTILE_STUCK_FEED_PAGE:
+    ch.n_changes = 1;
+    ch.changes = &c;
+    break;
+  case HOSTILE_BACKFILL_CURSOR:
+    ch.backfill_scope = &k;
+    ch.has_backfill_next = 1;
+    ch.backfill_next = 5;
+    ch.next_cursor = p->cursor + 10;
+    break;
+  case HOSTILE_BACKFILL_NO_NEXT:
+    ch.backfill_scope = &k;
+    break;
+  case HOSTILE_REMOVE_AND_POISON:
+    ch.n_removed_scopes = 1;
+    ch.removed_scopes = &kp;
+    ch.n_changes = 1;
+    ch.changes = &c;
+    ch.next_cursor = p->cursor + 1;
+    ch.more = 0;
+    break;
+  }
+  env.body_case = FIELDSYNC__ENVELOPE__BODY_CHANGES;
+  env.changes = &ch;
+  fake_send(f, &env);
+  if (c != NULL)
+    fieldsync__change__free_unpacked(c, NULL);
+}
+
+/* One session against a hostile pull hook; returns its result. */
+static int sync_hostile(fieldsync_db *db, struct store *s, enum hostile h,
+                        struct fake *f) {
+  struct fieldsync_sync_opts o;
+  struct fieldsync_sync_stats st;
+  struct hostile_cfg cfg;
+  struct store poison;
+  int rc;
+
+  memset(&poison, 0, sizeof(poison));
+  store_poison(&poison);
+  cfg.h = h;
+  cfg.poison = &poison;
+  fake_init(f, s, SCRIPT_NORMAL);
+  f->on_pull = hostile_pull;
+  f->hook_data = &cfg;
+  fake_start(f);
+  o = opts_for(f, 0, NULL);
+  rc = fieldsync_sync(db, &o, &st);
+  fake_join(f);
+  store_close(&poison);
+  return rc;
+}
+
+/* A server that asks for another Pull must have made progress: the same
+ * empty backfill page twice, an empty or stuck feed page, a backfill page
+ * that moves the cursor or gives no position are protocol errors, each
+ * reported to the server, and nothing of the bad page is kept. */
+TEST(pull_must_progress) {
+  static const struct {
+    enum hostile h;
+    int pulls;
+    const char *why;
+  } cases[] = {
+      {HOSTILE_SAME_BACKFILL_PAGE, 2, "did not advance"},
+      {HOSTILE_EMPTY_FEED_PAGE, 1, "next_cursor did not move"},
+      {HOSTILE_STUCK_FEED_PAGE, 1, "next_cursor did not move"},
+      {HOSTILE_BACKFILL_CURSOR, 1, "not the Pull's cursor"},
+      {HOSTILE_BACKFILL_NO_NEXT, 1, "backfill_next: missing"},
+  };
+  struct fsc_backfill bf;
+  struct store s;
+  struct fake f;
+  fieldsync_db *db;
+  size_t i;
+
+  setup_dir();
+  store_open(&s, "server.db");
+  store_seed(&s, 1, NULL);
+  for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    char name[32];
+
+    snprintf(name, sizeof(name), "tablet-%zu.db", i);
+    db = open_new(name);
+    ASSERT_EQ(sync_hostile(db, &s, cases[i].h, &f), FIELDSYNC_EPROTOCOL);
+    if (strstr(fieldsync_errmsg(db), cases[i].why) == NULL)
+      test_fail(__FILE__, __LINE__, "case %zu: %s", i, fieldsync_errmsg(db));
+    ASSERT_EQ(f.pulls, cases[i].pulls);
+    ASSERT_EQ(f.client_error, FIELDSYNC__ERROR_CODE__ERR_INVALID);
+    ASSERT_EQ(cursor_of(db), 0);
+    ASSERT_OK(fsc_scope_backfill(db, &bf));
+    /* Only the first, progressing page of the repeated one was kept. */
+    ASSERT_EQ(bf.active, cases[i].h == HOSTILE_SAME_BACKFILL_PAGE);
+    if (bf.active)
+      ASSERT_EQ(bf.after, 5);
+    ASSERT_EQ(counts(db).records, 0);
+    fieldsync_close(db);
+  }
+  store_close(&s);
+}
+
+/* When the server withdraws a scope, its records go, acknowledged or not,
+ * after the unacknowledged ones (here: refused by the server) were
+ * quarantined; other scopes stay, and the next Pull no longer lists it. A
+ * message that cannot be applied whole removes nothing. */
+TEST(scope_removed_by_server) {
+  struct fieldsync_sync_opts o;
+  struct fieldsync_sync_stats st;
+  struct fieldsync_counts c;
+  struct fsc_scope a = visit_scope(visit_a);
+  struct fsc_scope b = visit_scope(visit_b);
+  struct store s;
+  struct fake f;
+  fieldsync_db *db;
+  char a_acked[33];
+  char a_refused[33];
+  char b_acked[33];
+  char theirs_a[33];
+  const char *kv_b[] = {"visit_id", visit_b, "standard_code", "B1", NULL};
+
+  setup_dir();
+  db = open_new("tablet.db");
+  store_open(&s, "server.db");
+  add_obs(db, a_acked, "A1");
+  add(db, "observation", b_acked, kv_b);
+  /* A and B assigned: everything is pushed and held. */
+  fake_init(&f, &s, SCRIPT_NORMAL);
+  f.scoped = true;
+  f.visible[f.nvisible++] = a;
+  f.visible[f.nvisible++] = b;
+  fake_start(&f);
+  o = opts_for(&f, 0, NULL);
+  ASSERT_OK(fieldsync_sync(db, &o, &st));
+  fake_join(&f);
+  ASSERT_EQ(st.acked, 2);
+  ASSERT_EQ(counts(db).held_scopes, 2);
+  store_seed_in(&s, visit_a, 1, &theirs_a);
+  ASSERT_OK(sync_once(db, &s, SCRIPT_NORMAL, 0, &st));
+  ASSERT_EQ(versions_of(db, theirs_a), 1);
+  /* A new observation in A, which the server now refuses. */
+  add_obs(db, a_refused, "A2");
+  fake_init(&f, &s, SCRIPT_NORMAL);
+  f.scoped = true;
+  f.refuse_scope = &a;
+  f.visible[f.nvisible++] = a;
+  f.visible[f.nvisible++] = b;
+  fake_start(&f);
+  o = opts_for(&f, 0, NULL);
+  ASSERT_OK(fieldsync_sync(db, &o, &st));
+  fake_join(&f);
+  ASSERT_EQ(st.refused, 1);
+
+  /* A hostile answer: removing A together with a change that cannot be
+   * applied. Nothing of it is kept. */
+  c = counts(db);
+  {
+    struct fieldsync_counts c2;
+    ASSERT_EQ(sync_hostile(db, &s, HOSTILE_REMOVE_AND_POISON, &f),
+              FIELDSYNC_EPROTOCOL);
+    c2 = counts(db);
+    ASSERT_MEM_EQ(&c, &c2, sizeof(c));
+    ASSERT_EQ(c2.quarantined, 0);
+    ASSERT_EQ(versions_of(db, a_acked), 1);
+  }
+
+  /* A is unassigned. */
+  fake_init(&f, &s, SCRIPT_NORMAL);
+  f.scoped = true;
+  f.visible[f.nvisible++] = b;
+  fake_start(&f);
+  o = opts_for(&f, 0, NULL);
+  ASSERT_OK(fieldsync_sync(db, &o, &st));
+  fake_join(&f);
+  ASSERT_EQ(st.pushed, 0); /* the refused version was not sent again */
+  ASSERT_EQ(st.removed, 3);
+  ASSERT_EQ(st.quarantined, 1);
+  ASSERT_EQ(versions_of(db, a_acked), 0);
+  ASSERT_EQ(versions_of(db, a_refused), 0);
+  ASSERT_EQ(versions_of(db, theirs_a), 0);
+  ASSERT_EQ(versions_of(db, b_acked), 1);
+  ASSERT_EQ(f.pull_nheld[0], 2);
+  c = counts(db);
+  ASSERT_EQ(c.quarantined, 1);
+  ASSERT_EQ(c.refused, 0);
+  ASSERT_EQ(c.held_scopes, 1);
+  ASSERT_EQ(c.records, 1);
+  {
+    char *json = NULL;
+    ASSERT_EQ(fieldsync_get_json(db, a_refused, &json), FIELDSYNC_ENOTFOUND);
+  }
+  /* The next Pull no longer lists A, and the server repeats nothing. */
+  fake_init(&f, &s, SCRIPT_NORMAL);
+  f.scoped = true;
+  f.visible[f.nvisible++] = b;
+  fake_start(&f);
+  o = opts_for(&f, 0, NULL);
+  ASSERT_OK(fieldsync_sync(db, &o, &st));
+  fake_join(&f);
+  ASSERT_EQ(f.pull_nheld[0], 1);
+  ASSERT(same_scope(&f.pull_held[0][0], &b));
+  ASSERT_EQ(st.removed, 0);
+  store_close(&s);
+  fieldsync_close(db);
+}
+
+/* ERR_REVOKED at the handshake, instead of a PushAck (after the server
+ * stored the Push) or instead of Changes: every unacknowledged version is
+ * quarantined, everything else is wiped, the sync says so, and the
+ * database stays usable. */
+TEST(revoked_wipes_with_quarantine) {
+  static const struct {
+    enum script script;
+    size_t quarantined; /* the refused version, and the new one unless it
+                           was acknowledged before the revocation */
+  } cases[] = {
+      {SCRIPT_REVOKE_HELLO, 2},
+      {SCRIPT_REVOKE_PUSH, 2},
+      {SCRIPT_REVOKE_PULL, 1},
+  };
+  const char *req[] = {"service_id", service_a, "text", "Sign MAR charts",
+                       NULL};
+  size_t i;
+
+  setup_dir();
+  for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    struct fieldsync_sync_opts o;
+    struct fieldsync_sync_stats st;
+    struct fieldsync_counts c;
+    struct fsc_scope a = visit_scope(visit_a);
+    struct store s;
+    struct fake f;
+    fieldsync_db *db;
+    char name[32];
+    char path[128];
+    char want[256];
+    char hex1[33];
+    char hex2[33];
+    char acked[33];
+    char refused[33];
+    char fresh[33];
+
+    snprintf(name, sizeof(name), "tablet-%zu.db", i);
+    db = open_new(name);
+    snprintf(name, sizeof(name), "server-%zu.db", i);
+    store_open(&s, name);
+    add_obs(db, acked, "OP1");
+    add(db, "requirement", refused, req);
+    fake_init(&f, &s, SCRIPT_NORMAL);
+    f.refuse = FIELDSYNC__COLLECTION__COLLECTION_REQUIREMENT;
+    fake_start(&f);
+    o = opts_for(&f, 0, NULL);
+    ASSERT_OK(fieldsync_sync(db, &o, &st));
+    fake_join(&f);
+    ASSERT_OK(fsc_scope_hold(db, &a));
+    add_obs(db, fresh, "OP2");
+    fieldsync_replica_id(db, hex1);
+
+    fake_init(&f, &s, cases[i].script);
+    fake_start(&f);
+    o = opts_for(&f, 0, NULL);
+    ASSERT_EQ(fieldsync_sync(db, &o, &st), FIELDSYNC_EREVOKED);
+    fake_join(&f);
+    snprintf(want, sizeof(want),
+             "server: this device was revoked (ERR_REVOKED: device reported "
+             "lost): local data wiped; %zu unacknowledged version%s kept in "
+             "the quarantine (fieldsync quarantine)",
+             cases[i].quarantined, cases[i].quarantined == 1 ? "" : "s");
+    ASSERT_STR_EQ(fieldsync_errmsg(db), want);
+    ASSERT_EQ(st.quarantined, cases[i].quarantined);
+    ASSERT_EQ(st.removed, 3);
+    ASSERT_EQ(st.cursor, 0);
+    c = counts(db);
+    ASSERT_EQ(c.records, 0);
+    ASSERT_EQ(c.pending, 0);
+    ASSERT_EQ(c.refused, 0);
+    ASSERT_EQ(c.held_scopes, 0);
+    ASSERT_EQ(c.cursor, 0);
+    ASSERT_EQ(c.quarantined, cases[i].quarantined);
+    ASSERT_EQ(versions_of(db, acked), 0);
+    ASSERT_STR_EQ(fieldsync_errname(FIELDSYNC_EREVOKED), "FIELDSYNC_EREVOKED");
+    fieldsync_close(db);
+
+    /* It opens again, with its replica id and quarantine, and can sync
+     * with a server that takes it back. */
+    snprintf(path, sizeof(path), "%s/tablet-%zu.db", dir, i);
+    ASSERT_OK(fieldsync_open(path, 0, NULL, &db));
+    fieldsync_replica_id(db, hex2);
+    ASSERT_STR_EQ(hex1, hex2);
+    ASSERT_EQ(counts(db).quarantined, cases[i].quarantined);
+    ASSERT_OK(sync_once(db, &s, SCRIPT_NORMAL, 0, &st));
+    ASSERT_EQ(versions_of(db, acked), 1); /* pulled from the start */
+    ASSERT_EQ(cursor_of(db), s.n);
+    store_close(&s);
+    fieldsync_close(db);
+  }
+}
+
 /* Copies a closed database file. */
 static void copy_file(const char *from, const char *to) {
   char buf[8192];
@@ -1713,12 +2470,18 @@ TEST_LIST(TEST_ENTRY(happy_session)
           TEST_ENTRY(bad_push_ack)
           TEST_ENTRY(bad_bytes_from_server)
           TEST_ENTRY(server_never_answers)
-          TEST_ENTRY(refused_stays_pending)
+          TEST_ENTRY(refused_not_resent_until_retry)
           TEST_ENTRY(conflict_outcome)
           TEST_ENTRY(pull_batch_is_atomic)
           TEST_ENTRY(server_limits_respected)
           TEST_ENTRY(bad_addresses)
           TEST_ENTRY(connection_refused)
           TEST_ENTRY(async_start_join)
+          TEST_ENTRY(pull_lists_held_scopes_sorted)
+          TEST_ENTRY(backfill_pages_and_resume)
+          TEST_ENTRY(backfill_restarts_for_another_scope)
+          TEST_ENTRY(pull_must_progress)
+          TEST_ENTRY(scope_removed_by_server)
+          TEST_ENTRY(revoked_wipes_with_quarantine)
           TEST_ENTRY(alloc_failures))
 /* clang-format on */

@@ -385,7 +385,7 @@ static void make_server_db(const char *name, char *db, size_t cap) {
   snprintf(db, cap, "%s/%s", dir, name);
   {
     char *a[] = {(char *)admin_path, "--db", db, "user", "add", "bench",
-                 "--role", "inspector", NULL};
+                 "--role", "head_office", NULL};
     if (run_capture(a, out, sizeof(out)) != 0)
       fail("%s user add failed (see %s/admin.log)", admin_path, dir);
   }

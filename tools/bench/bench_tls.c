@@ -252,7 +252,7 @@ static void make_db(const char *name) {
   {
     char *a[] = {
         (char *)admin_path, "--db",      db_path, "user", "add", "lead",
-        "--role",           "inspector", NULL};
+        "--role",           "head_office", NULL};
     if (run_capture(a, out, sizeof(out)) != 0)
       fail("%s user add failed", admin_path);
   }

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
 # The field-visit demo: a key inspection recorded offline on three tablets,
-# synced through fieldsyncd over TLS, a conflict on a requirement resolved
-# at head office, and all four replicas converging. Uses only the real
+# synced through fieldsyncd over TLS, each tablet seeing only what its
+# user's role and visit assignments allow, a conflict on a requirement
+# resolved at head office, the replicas converging, and the Expert by
+# Experience's tablet clearing the visit when their assignment ends. Uses only the real
 # binaries, plus the openssl command to make a throwaway CA for the server.
 # Usage: tools/demo/demo.sh BUILD_DIR
 set -euo pipefail
@@ -89,10 +91,21 @@ count() { # count JSON-ARRAY-TEXT: records in it
   printf '%s' "$1" | { grep -o '"collection"' || true; } | wc -l
 }
 
-sync() { # sync USER
+sync() { # sync USER: exit status 3 (some records refused) is expected
+  local rc=0
   printf '   %-7s ' "$1"
   FIELDSYNC_TOKEN=${token[$1]} "$cli" --db "$work/$1.db" sync \
-    --server "$addr" --ca "$work/ca.pem" 2>/dev/null
+    --server "$addr" --ca "$work/ca.pem" 2>"$work/sync.err" || rc=$?
+  if [ "$rc" -eq 3 ]; then
+    sed 's/^fieldsync: sync: /           /' "$work/sync.err"
+  elif [ "$rc" -ne 0 ]; then
+    cat "$work/sync.err" >&2
+    exit "$rc"
+  fi
+}
+
+records() { # records USER: "N records" held on USER's tablet
+  count "$("$cli" --db "$work/$1.db" list --json)"
 }
 
 say "Head office sets up the service and schedules a key unannounced visit"
@@ -106,8 +119,18 @@ visit=$("$cli" --db "$work/office.db" add visit service_id="$service" \
 note "service $service, visit $visit"
 sync office
 
+say "Head office assigns the visit team on the server"
+for u in lead second expert; do
+  "$adm" --db "$work/server.db" assign "$visit" "$u"
+done
+note "inspectors see their visits and those visits' services; the Expert"
+note "by Experience sees the visit's basic details and their own notes only"
+
 say "The night before, every tablet syncs the visit pack"
 for u in lead second expert; do sync "$u"; done
+for u in lead second expert; do
+  note "$u's tablet holds $(records "$u") records"
+done
 
 say "On site, no signal all day: everything is recorded offline"
 for s in OP7:3 OP8:3 OP9:2 OP10:3 OP12:2 OP15:3; do
@@ -126,14 +149,19 @@ done
 note "lead and second inspector: 12 standards judged on the 1-4 scale"
 for r in R1 R2 R3; do
   "$cli" --db "$work/expert.db" add interview_note visit_id="$visit" \
-    participant_code="$r" participant_role=resident consent=given \
+    expert=expert participant_code="$r" participant_role=resident consent=given \
     mode=face said="Staff are kind; would like more trips out." \
     themes='{"theme":"staff_attitude","sentiment":"positive"}' \
     themes='{"theme":"activities","sentiment":"negative"}' >/dev/null
 done
 "$cli" --db "$work/expert.db" add interview_note visit_id="$visit" \
-  participant_code=R4 participant_role=resident consent=declined >/dev/null
+  expert=expert participant_code=R4 participant_role=resident \
+  consent=declined >/dev/null
 note "Expert by Experience: 4 conversations (one resident declined)"
+"$cli" --db "$work/expert.db" add observation visit_id="$visit" \
+  standard_code=OP10 judgement=2 assessor=expert \
+  evidence_text="Call bells took a long time to answer." >/dev/null
+note "the expert also writes an observation, which only inspectors may do"
 req=$("$cli" --db "$work/lead.db" add requirement service_id="$service" \
   raised_visit_id="$visit" standard_code=OP9 regulation="Reg 13(2)" \
   kind=statutory status=open owner=lead timescale_due=2008-12-23 \
@@ -143,6 +171,9 @@ note "lead raises requirement $req (OP9, Reg 13(2), 14 days)"
 say "Everyone syncs when back in signal"
 for u in lead second expert; do sync "$u"; done
 for u in lead second; do sync "$u"; done
+note "the server refused the expert's observation; it stays on the tablet,"
+note "marked refused, for the expert and the lead inspector to sort out:"
+"$cli" --db "$work/expert.db" refused | sed 's/^/   /'
 
 say "Both inspectors, offline again, edit the same requirement"
 "$cli" --db "$work/lead.db" edit "$req" timescale_due=2009-01-06
@@ -164,9 +195,9 @@ say "Head office resolves it, keeping both changes"
 say "Everyone syncs again"
 for u in office lead second expert; do sync "$u"; done
 
-say "All four replicas now hold the same data"
-for u in lead second expert office; do
-  n=$(count "$("$cli" --db "$work/$u.db" list --json)")
+say "Head office and both inspectors now hold the same data"
+for u in lead second office; do
+  n=$(records "$u")
   c=$(count "$("$cli" --db "$work/$u.db" conflicts --json)")
   # "pending" is this replica's own bookkeeping; everything else must match.
   h=$("$cli" --db "$work/$u.db" export --format json |
@@ -179,9 +210,21 @@ if [ "$(sort -u "$work/hashes" | wc -l)" -ne 1 ]; then
   exit 1
 fi
 note "identical: every replica converged, nothing was lost"
+for c in visit interview_note observation service requirement; do
+  n=$(count "$("$cli" --db "$work/expert.db" list "$c" --json)")
+  note "expert's tablet: $n $c"
+done
+note "(the observation is the expert's own refused one, never sent)"
 
 say "The requirement as everyone now sees it"
 "$cli" --db "$work/second.db" show "$req"
+
+say "The visit is over: head office ends the expert's assignment"
+"$adm" --db "$work/server.db" unassign "$visit" expert
+sync expert
+note "the expert's tablet now holds $(records expert) records; what had not"
+note "reached the server was moved to the quarantine first:"
+"$cli" --db "$work/expert.db" quarantine | sed 's/^/   /'
 
 say "Stopping the server"
 kill -TERM "$server_pid"
