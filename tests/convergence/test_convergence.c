@@ -61,6 +61,10 @@
 /* A fresh server database after this many seeds, so that the first pull
  * of each seed's new replicas (all earlier seeds' records) stays short. */
 #define SEEDS_PER_SERVER 10u
+/* Device tokens per server: a token is bound to the first replica that
+ * uses it, and every seed makes new replicas, so each seed's replica ci
+ * takes token seed_index * MAXC + ci; the observer takes the last. */
+#define NTOKENS (SEEDS_PER_SERVER * MAXC + 1)
 /* "Syncing until quiet" gives up after this many rounds. */
 #define MAX_QUIET_ROUNDS 10
 #define SYNC_TIMEOUT_MS 15000
@@ -180,7 +184,8 @@ struct server {
   struct test_server srv;
   char dir[240];
   char db[280];
-  char tokens[MAXC + 1][128]; /* one per replica, then the observer's */
+  char tokens[NTOKENS][128];
+  unsigned seeds; /* seeds run on this server so far */
   bool up;
 };
 
@@ -1366,7 +1371,7 @@ static const char *tmp_base(void) {
 struct part {
   char dir[200];
   char tmpl[260];
-  char tokens[MAXC + 1][128]; /* a token is bound to one replica */
+  char tokens[NTOKENS][128];
   unsigned servers;
 };
 
@@ -1385,7 +1390,7 @@ static void part_init(struct part *p) {
     const char *a[] = {"user", "add", "lead", "--role", "head_office", NULL};
     proc_admin_run(admin, p->tmpl, a, out, sizeof(out));
   }
-  for (i = 0; i <= MAXC; i++) {
+  for (i = 0; i < (int)NTOKENS; i++) {
     const char *a[] = {"device", "add", "lead", NULL};
     proc_admin_run(admin, p->tmpl, a, out, sizeof(out));
     ASSERT(sscanf(out, "%127s", p->tokens[i]) == 1);
@@ -1418,8 +1423,9 @@ static void server_up(struct server *s, struct part *p) {
     test_fail(__FILE__, __LINE__, "mkdir %s: %s", s->dir, strerror(errno));
   snprintf(s->db, sizeof(s->db), "%s/server.db", s->dir);
   copy_file(p->tmpl, s->db);
-  for (i = 0; i <= MAXC; i++)
+  for (i = 0; i < (int)NTOKENS; i++)
     snprintf(s->tokens[i], sizeof(s->tokens[i]), "%s", p->tokens[i]);
+  s->seeds = 0;
   cleanup_server = s;
   server_start(&s->srv, fieldsyncd, s->db, NULL);
   s->up = true;
@@ -1509,7 +1515,7 @@ static void check_whole_server(struct server *s, uint64_t seed) {
   ASSERT_OK(fieldsync_open(path, FIELDSYNC_OPEN_CREATE, "observer", &db));
   memset(&o, 0, sizeof(o));
   o.server = s->srv.addr;
-  o.token = s->tokens[MAXC];
+  o.token = s->tokens[NTOKENS - 1];
   o.plaintext = 1;
   o.timeout_ms = SYNC_TIMEOUT_MS;
   o.batch = 1 + (unsigned)(seed % 97);
@@ -1641,11 +1647,13 @@ static void run_seed(struct server *s, uint64_t seed) {
     snprintf(r.c[ci].name, sizeof(r.c[ci].name), "c%d", ci);
     snprintf(r.c[ci].path, sizeof(r.c[ci].path), "%s/s%llu-c%d.db", s->dir,
              (unsigned long long)seed, ci);
-    r.c[ci].token = s->tokens[ci];
+    r.c[ci].token = s->tokens[(s->seeds % SEEDS_PER_SERVER) * MAXC +
+                              (unsigned)ci];
     remove_db(r.c[ci].path);
     client_open(&r, ci, true);
     fieldsync_replica_id(r.c[ci].db, r.c[ci].replica);
   }
+  s->seeds++;
   /* Catch up on earlier seeds' records first (those are not compared). */
   for (ci = 0; ci < r.nc; ci++)
     (void)sync_now(&r, ci, 0);

@@ -105,7 +105,15 @@ static volatile sig_atomic_t srv_pid_for_signal;
 static char dir[512];
 static const char *fieldsyncd_path = BENCH_FIELDSYNCD;
 static const char *admin_path = BENCH_ADMIN;
-static char token[128];
+/* Device tokens of the current server: a token is bound to the first
+ * replica that uses it, so each replica takes its own (token_for); the
+ * raw sessions of 4a and 5 are one device, with token[0] and one replica
+ * id. */
+#define MAX_TOKENS 128
+static char tokens[MAX_TOKENS][128];
+static char token_replica[MAX_TOKENS][33];
+static size_t ntokens;
+static char *const token = tokens[0];
 static uint64_t rng = 0x5eed5eed5eedull;
 static char pool[8192]; /* random words that evidence texts are cut from */
 static pthread_mutex_t rng_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -377,10 +385,11 @@ static int run_capture(char *const argv[], char *out, size_t cap) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
-/* Makes a fresh server database at dir/name with user "bench" and one
- * device, whose token goes to the global token. */
+/* Makes a fresh server database at dir/name with user "bench" and
+ * MAX_TOKENS devices, whose tokens go to tokens[]. */
 static void make_server_db(const char *name, char *db, size_t cap) {
   char out[256];
+  size_t i;
 
   snprintf(db, cap, "%s/%s", dir, name);
   {
@@ -389,13 +398,30 @@ static void make_server_db(const char *name, char *db, size_t cap) {
     if (run_capture(a, out, sizeof(out)) != 0)
       fail("%s user add failed (see %s/admin.log)", admin_path, dir);
   }
-  {
+  for (i = 0; i < MAX_TOKENS; i++) {
     char *a[] = {(char *)admin_path, "--db", db, "device", "add", "bench",
                  NULL};
     if (run_capture(a, out, sizeof(out)) != 0 ||
-        sscanf(out, "%127s", token) != 1)
+        sscanf(out, "%127s", tokens[i]) != 1)
       fail("%s device add failed (see %s/admin.log)", admin_path, dir);
+    token_replica[i][0] = '\0';
   }
+  ntokens = 1; /* tokens[0] is the raw sessions' */
+}
+
+/* The token of db's replica on the current server. */
+static const char *token_for(fieldsync_db *db) {
+  char hex[33];
+  size_t i;
+
+  fieldsync_replica_id(db, hex);
+  for (i = 1; i < ntokens; i++)
+    if (strcmp(token_replica[i], hex) == 0)
+      return tokens[i];
+  if (ntokens == MAX_TOKENS)
+    fail("more than %d replicas on one server", MAX_TOKENS - 1);
+  snprintf(token_replica[ntokens], sizeof(token_replica[0]), "%s", hex);
+  return tokens[ntokens++];
 }
 
 /* Starts fieldsyncd on db with --listen 127.0.0.1:0 plus extra
@@ -759,7 +785,7 @@ static double sync_once(fieldsync_db *db, unsigned batch,
   memset(&o, 0, sizeof(o));
   memset(pt, 0, sizeof(*pt));
   o.server = srv.addr;
-  o.token = token;
+  o.token = token_for(db);
   o.plaintext = 1;
   o.timeout_ms = SYNC_TIMEOUT_MS;
   o.batch = batch;
@@ -1131,15 +1157,12 @@ static int read_exact(int fd, uint8_t *p, size_t n, double deadline) {
 static int hello_frame(uint8_t **frame, size_t *len) {
   Fieldsync__Envelope env = FIELDSYNC__ENVELOPE__INIT;
   Fieldsync__Hello hello = FIELDSYNC__HELLO__INIT;
-  uint8_t replica[16];
-  size_t i;
+  static const uint8_t replica[16] = {0xbe, 0x4c, 0x40}; /* one device */
 
-  for (i = 0; i < sizeof(replica); i++)
-    replica[i] = (uint8_t)next_rand();
   hello.has_protocol_version = 1;
   hello.protocol_version = FSP_PROTOCOL_VERSION;
   hello.has_replica_id = 1;
-  hello.replica_id.data = replica;
+  hello.replica_id.data = (uint8_t *)replica;
   hello.replica_id.len = sizeof(replica);
   hello.device_token = token;
   hello.client_version = "bench_sync";
@@ -1436,6 +1459,7 @@ struct client_job {
   pthread_barrier_t *go;
   unsigned index;
   unsigned records;
+  const char *token; /* its own device's */
   fieldsync_db *db;
   int rc;          /* 0, or the failing call's code */
   char err[256];   /* what failed */
@@ -1473,7 +1497,7 @@ static void *client_main(void *arg) {
   if (j->rc == 0) {
     memset(&o, 0, sizeof(o));
     o.server = srv.addr;
-    o.token = token;
+    o.token = j->token;
     o.plaintext = 1;
     o.timeout_ms = SYNC_TIMEOUT_MS;
     t0 = now_ms();
@@ -1518,6 +1542,8 @@ static void scenario_concurrent(const struct sizes *z) {
   if (mkdir(path, 0700) != 0 && errno != EEXIST)
     fail("mkdir %s: %s", path, strerror(errno));
   fresh_server("concurrent.srv", extra);
+  if (z->lib_clients >= MAX_TOKENS)
+    fail("at most %d libfieldsync clients", MAX_TOKENS - 1);
   pthread_barrier_init(&go, NULL, z->lib_clients + 1);
   pthread_attr_init(&attr);
   pthread_attr_setstacksize(&attr, 512 * 1024);
@@ -1525,6 +1551,7 @@ static void scenario_concurrent(const struct sizes *z) {
     jobs[i].go = &go;
     jobs[i].index = i;
     jobs[i].records = z->client_records;
+    jobs[i].token = tokens[1 + i];
     if (pthread_create(&jobs[i].thread, &attr, client_main, &jobs[i]) != 0)
       /* The barrier can never open now: the threads made so far would
        * wait forever, and fail() ends the process. */

@@ -76,7 +76,9 @@ static char dir[512];
 static const char *fieldsyncd_path = BENCH_FIELDSYNCD;
 static const char *admin_path = BENCH_ADMIN;
 static char db_path[600];
-static char token[128];
+static char token[128];   /* the raw sessions' device (one replica id) */
+static char token_a[128]; /* a token is bound to one replica: one each */
+static char token_b[128];
 static char ca_path[600];
 static char cert_path[600];
 static char key_path[600];
@@ -244,9 +246,12 @@ static int run_capture(char *const argv[], char *out, size_t cap) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
 }
 
-/* A fresh server database with user "lead" and one device (its token). */
+/* A fresh server database with user "lead" and three devices (token,
+ * token_a, token_b). */
 static void make_db(const char *name) {
+  char *const toks[] = {token, token_a, token_b};
   char out[256];
+  size_t i;
 
   snprintf(db_path, sizeof(db_path), "%s/%s", dir, name);
   {
@@ -256,11 +261,11 @@ static void make_db(const char *name) {
     if (run_capture(a, out, sizeof(out)) != 0)
       fail("%s user add failed", admin_path);
   }
-  {
+  for (i = 0; i < 3; i++) {
     char *a[] = {
         (char *)admin_path, "--db", db_path, "device", "add", "lead", NULL};
     if (run_capture(a, out, sizeof(out)) != 0 ||
-        sscanf(out, "%127s", token) != 1)
+        sscanf(out, "%127s", toks[i]) != 1)
       fail("%s device add failed", admin_path);
   }
 }
@@ -661,8 +666,8 @@ static void on_progress(const char *phase, size_t done, size_t total,
 
 /* Syncs db; returns the milliseconds the whole sync took, and in
  * *push_ms those until the last push batch was acknowledged. */
-static double sync_ms(fieldsync_db *db, bool tls, size_t *moved,
-                      double *push_ms) {
+static double sync_ms(fieldsync_db *db, const char *tok, bool tls,
+                      size_t *moved, double *push_ms) {
   struct fieldsync_sync_opts o;
   struct fieldsync_sync_stats st;
   double pushed_at = 0;
@@ -670,7 +675,7 @@ static double sync_ms(fieldsync_db *db, bool tls, size_t *moved,
 
   memset(&o, 0, sizeof(o));
   o.server = srv.addr;
-  o.token = token;
+  o.token = tok;
   o.timeout_ms = 300000;
   o.progress = on_progress;
   o.progress_data = &pushed_at;
@@ -712,9 +717,9 @@ static struct transfer push_pull(bool tls, unsigned records, int run) {
   record_many(a, records);
   /* The push's session then pulls its own records back (already known);
    * only the push phase counts here. */
-  (void)sync_ms(a, tls, &moved, &push_ms);
+  (void)sync_ms(a, token_a, tls, &moved, &push_ms);
   t.push_rps = (double)(records + 1) * 1000.0 / push_ms;
-  ms = sync_ms(b, tls, &moved, &push_ms);
+  ms = sync_ms(b, token_b, tls, &moved, &push_ms);
   if (moved != records + 1)
     fail("pulled %zu of %u", moved, records + 1);
   t.pull_rps = (double)moved * 1000.0 / ms;
