@@ -17,7 +17,10 @@
  * names the user: for C the new version's, for U both the stored record's
  * and the new version's, for D the stored record's.
  *   head_office  C U D everything;
- *   inspector    visit: U own (they are its lead inspector);
+ *   inspector    visit: U own (they are its lead inspector), keeping its
+ *                service (their scopes follow their visits' services, so
+ *                only head office may move a visit to another service:
+ *                checked by the store, which knows the stored service);
  *                observation, requirement, recommendation: C U;
  *                concern: C;  attachment: C own, U own, D own;
  *                service, interview_note: nothing;

@@ -616,7 +616,8 @@ static bool visit_service(const struct model *m, const uint8_t visit[16],
 
 /* Is scope k visible to user now? head_office: always. Inspector: an
  * active (assigned, not expired) visit, or the service of one. Expert:
- * an active visit. */
+ * an active visit. *ambiguous is set when the answer hangs on a visit the
+ * written rules leave open (deleted, or in conflict over its service). */
 static bool visible(const struct model *m, int user, const struct skey *k,
                     bool *ambiguous) {
   int role = m->u[user].role;
@@ -626,15 +627,26 @@ static bool visible(const struct model *m, int user, const struct skey *k,
     return true;
   for (i = 0; i < m->na; i++) {
     const struct asg *a = &m->a[i];
+    const struct mrec *r;
+    bool amb = false;
     uint8_t svc[16];
+    size_t j;
     if (a->user != user || !a->active)
       continue;
     if (k->kind == K_VISIT && memcmp(a->visit, k->id, 16) == 0)
       return true;
-    if (k->kind == K_SERVICE && role == R_INSPECTOR &&
-        visit_service(m, a->visit, svc, ambiguous) &&
+    if (k->kind != K_SERVICE || role != R_INSPECTOR)
+      continue;
+    if (visit_service(m, a->visit, svc, &amb) && !amb &&
         memcmp(svc, k->id, 16) == 0)
       return true;
+    if (!amb)
+      continue;
+    r = model_find((struct model *)m, a->visit);
+    for (j = 0; r != NULL && j < r->ncur; j++)
+      if (r->cur[j].deleted ||
+          (r->cur[j].has_service && memcmp(r->cur[j].service, k->id, 16) == 0))
+        *ambiguous = true;
   }
   return false;
 }
@@ -648,16 +660,21 @@ static void visible_set(const struct model *m, int user, struct sset *out,
   for (i = 0; i < m->na; i++) {
     const struct asg *a = &m->a[i];
     struct skey k;
+    bool amb = false;
     if (a->user != user || !a->active)
       continue;
     k.kind = K_VISIT;
     memcpy(k.id, a->visit, 16);
     sset_add(out, &k);
+    /* A visit in conflict over its service: which one counts is not
+     * written down, so neither is listed (and *ambiguous says so). */
     if (m->u[user].role == R_INSPECTOR &&
-        visit_service(m, a->visit, k.id, ambiguous)) {
+        visit_service(m, a->visit, k.id, &amb) && !amb) {
       k.kind = K_SERVICE;
       sset_add(out, &k);
     }
+    if (amb)
+      *ambiguous = true;
   }
 }
 
@@ -675,6 +692,23 @@ static bool readable(const struct model *m, int user, const struct mrec *r,
   return r->has_live && strcmp(r->live_owner, m->u[user].name) == 0;
 }
 
+/* For a tombstone readable() refuses: did user own some earlier live
+ * version of r? The written rules do not say whose a tombstone is when the
+ * record changed owner before it was deleted (the last owner's, the
+ * first's, anyone's who held it), so that case is not judged; a tombstone
+ * of a record the user never owned is. */
+static bool tombstone_undecided(const struct model *m, int user,
+                                const struct mrec *r, const struct mver *v) {
+  size_t i;
+
+  if (!v->deleted || read_rule[m->u[user].role][r->coll] != W_OWN)
+    return false;
+  for (i = 0; i < r->nhist; i++)
+    if (!r->hist[i].deleted && strcmp(r->hist[i].owner, m->u[user].name) == 0)
+      return true;
+  return false;
+}
+
 /* ==== the oracle's verdict on one pushed version ======================== */
 
 enum verdict { V_ALLOW, V_REFUSE, V_AMBIG };
@@ -687,13 +721,32 @@ struct expect {
   const char *why; /* the rule that decides */
 };
 
+/* Is k visible to user: 1 yes, 0 no, -1 not decided by the written
+ * rules. snap: the user's visible scopes when the Push arrived (NULL: the
+ * model as it is now); snap_amb: that set was ambiguous. */
+static int scope_vis(const struct model *m, int user, const struct skey *k,
+                     const struct sset *snap, bool snap_amb) {
+  bool amb = false;
+
+  if (m->u[user].role == R_HEAD_OFFICE)
+    return 1;
+  if (snap != NULL) {
+    if (sset_has(snap, k))
+      return 1;
+    return snap_amb && k->kind == K_SERVICE ? -1 : 0;
+  }
+  if (visible(m, user, k, &amb))
+    return 1;
+  return amb ? -1 : 0;
+}
+
 static struct expect oracle_push(const struct model *m, int user,
                                  const struct mrec *r, const struct mver *v,
-                                 bool lie) {
+                                 bool lie, const struct sset *snap,
+                                 bool snap_amb) {
   struct expect e = {V_ALLOW, 0, OP_C, lie, "allowed"};
   int role = m->u[user].role;
   const char *name = m->u[user].name;
-  bool amb = false;
   bool owns_new;
   bool owns_stored = false;
   bool stored_known = true;
@@ -717,25 +770,32 @@ static struct expect oracle_push(const struct model *m, int user,
     /* Scopes: the new version's, and the stored record's. */
     bool any_vis = false;
     bool any_invis = false;
-    if (!visible(m, user, &v->scope, &amb)) {
+    bool undecided = false;
+    int sv = scope_vis(m, user, &v->scope, snap, snap_amb);
+    if (sv == 0) {
       e.v = V_REFUSE;
       e.why = "the version's scope is not visible to the user";
       return e;
     }
     for (i = 0; i < r->ncur; i++) {
-      if (visible(m, user, &r->cur[i].scope, &amb))
+      int c = scope_vis(m, user, &r->cur[i].scope, snap, snap_amb);
+      if (c == 1)
         any_vis = true;
-      else
+      else if (c == 0)
         any_invis = true;
+      else
+        undecided = true;
     }
-    if (any_invis && !any_vis) {
+    if (any_invis && !any_vis && !undecided) {
       e.v = V_REFUSE;
       e.why = "the stored record's scope is not visible to the user";
       return e;
     }
-    if (any_invis) {
+    if (any_invis || undecided || sv < 0) {
       e.v = V_AMBIG;
-      e.why = "stored versions in visible and invisible scopes";
+      e.why = any_invis
+                  ? "stored versions in visible and invisible scopes"
+                  : "a scope that hangs on a deleted or conflicting visit";
       return e;
     }
     if (lie) {
@@ -770,9 +830,20 @@ static struct expect oracle_push(const struct model *m, int user,
       e.why = "only the owner may do this";
     }
   }
-  if (e.v == V_ALLOW && amb) {
-    e.v = V_AMBIG;
-    e.why = "a visible service derived from a deleted visit";
+  /* Written rule (srv_policy.h): an inspector's scopes follow their
+   * visits' services, so only head office may move a visit to another
+   * service. */
+  if (e.v == V_ALLOW && role != R_HEAD_OFFICE && r->coll == C_VISIT &&
+      e.op == OP_U) {
+    if (!stored_known) {
+      e.v = V_AMBIG;
+      e.why = "service of a deleted or conflicting visit";
+    } else if (r->cur[0].has_service &&
+               (!v->has_service ||
+                memcmp(r->cur[0].service, v->service, 16) != 0)) {
+      e.v = V_REFUSE;
+      e.why = "only head office may move a visit to another service";
+    }
   }
   if (e.v == V_ALLOW)
     e.outcome = merge_outcome(r, v);
@@ -1307,14 +1378,15 @@ static void push_batch(struct model *m, struct dev *d, struct wchange *w,
   Fieldsync__Push p = FIELDSYNC__PUSH__INIT;
   Fieldsync__Change **cp = xcalloc(n, sizeof(*cp));
   struct expect *ex = xcalloc(n, sizeof(*ex));
+  size_t *order = xcalloc(n, sizeof(*order));
+  struct sset snap = {0};
+  bool snap_amb = false;
   struct fsp_msg msg;
   size_t i;
+  size_t oi;
 
   if (!d->up)
     dev_connect(m, d);
-  /* The server merges one record's versions in batch order; the oracle
-   * judges each against the state the earlier ones left, so judge and
-   * store together below, after the answer. */
   for (i = 0; i < n; i++)
     cp[i] = &w[i].c;
   env.has_protocol_version = 1;
@@ -1338,62 +1410,89 @@ static void push_batch(struct model *m, struct dev *d, struct wchange *w,
   ASSERT_EQ(msg.env->push_ack->batch_id, p.batch_id);
   ASSERT_EQ(msg.env->push_ack->n_outcomes, n);
   T.batches++;
-  for (i = 0; i < n; i++) {
-    const Fieldsync__RecordOutcome *o = msg.env->push_ack->outcomes[i];
-    struct mrec *r = model_get(m, w[i].id, w[i].coll);
+  /* The server applies a batch in record-id order (one record's versions
+   * in batch order): judge and store in that order. It computes the
+   * device's scopes for the Push; if a change earlier in the batch (a
+   * visit moved to another service) would alter them, whether it counts
+   * for the later changes is not written down, so such a change is judged
+   * only when both readings agree. */
+  visible_set(m, d->user, &snap, &snap_amb);
+  for (i = 0; i < n; i++)
+    order[i] = i;
+  for (i = 1; i < n; i++) {
+    size_t j = i;
+    size_t t = order[i];
+    while (j > 0 && memcmp(w[order[j - 1]].id, w[t].id, 16) > 0) {
+      order[j] = order[j - 1];
+      j--;
+    }
+    order[j] = t;
+  }
+  for (oi = 0; oi < n; oi++) {
+    size_t x = order[oi];
+    const Fieldsync__RecordOutcome *o = msg.env->push_ack->outcomes[x];
+    struct mrec *r = model_get(m, w[x].id, w[x].coll);
     int got = (int)o->outcome;
     char what[256];
+    struct expect live;
 
     T.changes_pushed++;
-    ex[i] = oracle_push(m, d->user, r, &w[i].v, w[i].lie);
-    describe(what, sizeof(what), m, d, &w[i]);
-    if (o->key->collection != (Fieldsync__Collection)w[i].coll ||
-        memcmp(o->key->id.data, w[i].id, 16) != 0 ||
-        memcmp(o->hash.data, w[i].v.hash, FSP_HASH_LEN) != 0)
-      flag(&T.contract, "outcome %zu names another version: %s", i, what);
+    ex[x] = oracle_push(m, d->user, r, &w[x].v, w[x].lie, &snap, snap_amb);
+    live = oracle_push(m, d->user, r, &w[x].v, w[x].lie, NULL, false);
+    if (live.v != ex[x].v) {
+      ex[x].v = V_AMBIG;
+      ex[x].why = "the batch itself changed the user's scopes";
+    }
+    describe(what, sizeof(what), m, d, &w[x]);
+    if (o->key->collection != (Fieldsync__Collection)w[x].coll ||
+        memcmp(o->key->id.data, w[x].id, 16) != 0 ||
+        memcmp(o->hash.data, w[x].v.hash, FSP_HASH_LEN) != 0)
+      flag(&T.contract, "outcome %zu names another version: %s", x, what);
     if (got == O_REFUSED) {
       bool code_ok =
           o->reason_code == FIELDSYNC__ERROR_CODE__ERR_FORBIDDEN ||
-          (ex[i].lie && o->reason_code == FIELDSYNC__ERROR_CODE__ERR_INVALID);
+          (ex[x].lie && o->reason_code == FIELDSYNC__ERROR_CODE__ERR_INVALID);
       if (!code_ok || o->reason == NULL || o->reason[0] == '\0')
         flag(&T.contract,
              "refusal without ERR_FORBIDDEN and a reason (code %d, \"%s\"): "
              "%s",
              (int)o->reason_code, o->reason ? o->reason : "", what);
     }
-    if (ex[i].v == V_ALLOW && got == O_REFUSED)
+    if (ex[x].v == V_ALLOW && got == O_REFUSED)
       flag(&T.violations,
            "%s %s refused (%s) but the policy allows it (%s): %s",
-           role_name[m->u[d->user].role], op_name[ex[i].op],
-           o->reason ? o->reason : "", ex[i].why, what);
-    else if (ex[i].v == V_REFUSE && got != O_REFUSED)
+           role_name[m->u[d->user].role], op_name[ex[x].op],
+           o->reason ? o->reason : "", ex[x].why, what);
+    else if (ex[x].v == V_REFUSE && got != O_REFUSED)
       flag(&T.violations, "%s %s got %s, want REFUSED (%s): %s",
-           role_name[m->u[d->user].role], op_name[ex[i].op], outcome_name(got),
-           ex[i].why, what);
-    else if (ex[i].v == V_ALLOW && got != ex[i].outcome)
+           role_name[m->u[d->user].role], op_name[ex[x].op], outcome_name(got),
+           ex[x].why, what);
+    else if (ex[x].v == V_ALLOW && got != ex[x].outcome)
       flag(&T.contract, "%s %s got %s, the merge rule says %s: %s",
-           role_name[m->u[d->user].role], op_name[ex[i].op], outcome_name(got),
-           outcome_name(ex[i].outcome), what);
-    if (ex[i].v == V_ALLOW)
+           role_name[m->u[d->user].role], op_name[ex[x].op], outcome_name(got),
+           outcome_name(ex[x].outcome), what);
+    if (ex[x].v == V_ALLOW)
       T.allowed++;
-    else if (ex[i].v == V_REFUSE)
+    else if (ex[x].v == V_REFUSE)
       T.refused++;
     else
       T.ambiguous++;
     if (res != NULL) {
-      res[i].e = ex[i];
-      res[i].got = got;
-      res[i].reason_code = (int)o->reason_code;
+      res[x].e = ex[x];
+      res[x].got = got;
+      res[x].reason_code = (int)o->reason_code;
     }
     if (got != O_REFUSED) {
       const struct mver *sv;
-      model_store(r, &w[i].v, got);
-      sv = rec_stored(r, &w[i].v.vv, w[i].v.hash);
+      model_store(r, &w[x].v, got);
+      sv = rec_stored(r, &w[x].v.vv, w[x].v.hash);
       if (sv != NULL)
         dev_hold(d, (size_t)(r - m->r), r, (size_t)(sv - r->hist));
     }
   }
   fsp_msg_close(&msg);
+  sset_free(&snap);
+  free(order);
   free(cp);
   free(ex);
 }
@@ -1449,12 +1548,24 @@ static void check_change(struct model *m, struct dev *d,
            (unsigned long long)seed_used, coll_name[r->coll], id, sc, who,
            role);
   }
-  if (!readable(m, d->user, r, v))
+  if (!readable(m, d->user, r, v) && tombstone_undecided(m, d->user, r, v)) {
+    T.ambiguous++;
+  } else if (!readable(m, d->user, r, v)) {
+    char owners[160] = "";
+    size_t i;
+    size_t o = 0;
+    /* The owners its live versions named, oldest first. */
+    for (i = 0; i < r->nhist && o + 40 < sizeof(owners); i++)
+      if (!r->hist[i].deleted)
+        o += (size_t)snprintf(owners + o, sizeof(owners) - o, "%s%s",
+                              o ? "," : "", r->hist[i].owner);
     flag(&T.violations,
          "seed %llu: unreadable version left the server: %s %s (%s, owner "
-         "\"%s\") in %s sent to %s (%s)",
+         "\"%s\"; live versions by %s) in %s sent to %s (%s)",
          (unsigned long long)seed_used, coll_name[r->coll], id,
-         v->deleted ? "tombstone" : "live", v->owner, sc, who, role);
+         v->deleted ? "tombstone" : "live", v->owner, o ? owners : "nobody", sc,
+         who, role);
+  }
   if (rec_current(r, &vv, c->version->hash.data) == NULL)
     flag(&T.contract,
          "seed %llu: %s %s: a version that is no longer current was sent "
@@ -1646,10 +1757,34 @@ static void check_complete(struct model *m, struct dev *d) {
 
   visible_set(m, d->user, &vis, &amb);
   if (!all) {
-    for (i = 0; i < vis.n; i++)
-      if (!sset_has(&d->held, &vis.k[i]))
-        flag(&T.missing, "seed %llu: %s never backfilled %s",
-             (unsigned long long)seed_used, d->label, skey_str(&vis.k[i], sc));
+    for (i = 0; i < vis.n && !amb; i++)
+      if (!sset_has(&d->held, &vis.k[i])) {
+        char why[160] = "";
+        if (vis.k[i].kind == K_SERVICE) {
+          /* Through which visit, and did that visit name it from the
+           * start (a visit moved to another service is the suspect)? */
+          for (j = 0; j < m->na; j++) {
+            const struct asg *a = &m->a[j];
+            const struct mrec *r = model_find(m, a->visit);
+            char vh[33];
+            if (a->user != d->user || !a->active || r == NULL || r->ncur == 0 ||
+                !r->cur[0].has_service ||
+                memcmp(r->cur[0].service, vis.k[i].id, 16) != 0)
+              continue;
+            hex16(a->visit, vh);
+            snprintf(why, sizeof(why),
+                     " (the service of visit %s%s, %zu versions)", vh,
+                     r->hist[0].has_service &&
+                             memcmp(r->hist[0].service, vis.k[i].id, 16) != 0
+                         ? ", which was moved there from another service"
+                         : "",
+                     r->nhist);
+          }
+        }
+        flag(&T.missing, "seed %llu: %s never backfilled %s%s",
+             (unsigned long long)seed_used, d->label, skey_str(&vis.k[i], sc),
+             why);
+      }
     for (i = 0; i < d->held.n && !amb; i++)
       if (!sset_has(&vis, &d->held.k[i]))
         flag(&T.violations,
@@ -1778,13 +1913,15 @@ enum mop {
   M_D_LIE,    /* tombstone of a record here that names V1/S1 as its scope */
   M_C_OVER,   /* a "create" (no base) reusing the id of a record here, in
                  V1/S1: an update of a record the device cannot see */
+  M_U_SVC,    /* visits: the user's own visit updated to name another
+                 service (only head office may) */
   NMOP
 };
 static const char *const mop_name[NMOP] = {
-    "create-own",  "create-other", "update-own", "update-other",
-    "update-take", "update-give",  "delete-own", "delete-other",
-    "create",      "update",       "delete",     "move-in",
-    "move-out",    "delete-lie",   "create-over"};
+    "create-own",  "create-other", "update-own",  "update-other",
+    "update-take", "update-give",  "delete-own",  "delete-other",
+    "create",      "update",       "delete",      "move-in",
+    "move-out",    "delete-lie",   "create-over", "update-service"};
 
 enum state { ST_ASSIGNED, ST_UNASSIGNED, ST_EXPIRED, NSTATE };
 static const char *const st_name[NSTATE] = {"assigned", "not-assigned",
@@ -1896,6 +2033,19 @@ static void cell_plan(struct cell *c, struct model *m,
     state_scope(b, kind, c->st, &c->nscope);
   if (!own_id_scope(c->coll))
     memcpy(c->nref, c->nscope.id, 16);
+  if (c->mop == M_U_SVC)
+    new_id(c->nref, 0x0c); /* a service nothing else uses */
+}
+
+/* Does operation mop apply to collection coll in state st (tester_ho: the
+ * tester is head office)? */
+static bool cell_applies(int coll, int mop, int st, bool tester_ho) {
+  if (mop == M_U_SVC)
+    return coll == C_VISIT;
+  if (mop >= M_MOVE_IN)
+    return !own_id_scope(coll) && st != ST_ASSIGNED &&
+           !(mop == M_D_LIE && tester_ho);
+  return coll_has_owner[coll] == (mop <= M_D_OTHER);
 }
 
 /* Pushes ws[0..n) in batches of at most per. */
@@ -2022,10 +2172,7 @@ TEST(scope_matrix) {
         int mop;
         for (mop = 0; mop < NMOP; mop++) {
           struct cell *c;
-          if (coll_has_owner[coll] != (mop <= M_D_OTHER) && mop < M_MOVE_IN)
-            continue;
-          if (mop >= M_MOVE_IN && (own_id_scope(coll) || st == ST_ASSIGNED ||
-                                   (mop == M_D_LIE && t == 2)))
+          if (!cell_applies(coll, mop, st, t == 2))
             continue;
           c = &cells[ncell++];
           c->tester = t;
@@ -2246,22 +2393,31 @@ static const char *pick_owner(const struct rworld *w, int user) {
   return w->m.u[test_rand_below(&rng, (uint64_t)w->m.nusers)].name;
 }
 
-/* The service a visit record's payload names: fixed for the pool visits,
- * kept for a visit the server holds, else any. */
+/* The service a visit record's payload names: the one the server holds
+ * (or the pool's first choice); with may_move (an update on top of what
+ * the server holds) sometimes another. A blind concurrent version never
+ * moves it: a visit in conflict over its service leaves the scopes
+ * undecided. */
 static void visit_ref(const struct rworld *w, const uint8_t id[16],
-                      uint8_t ref[16]) {
+                      bool may_move, uint8_t ref[16]) {
   const struct mrec *r = model_find((struct model *)&w->m, id);
   int i;
 
+  if (may_move && test_rand_below(&rng, 100) < 8) {
+    /* Now and then the visit moves to another service (head office
+     * correcting it, or its lead inspector: the rules allow that). */
+    memcpy(ref, w->svc[test_rand_below(&rng, 4)], 16);
+    return;
+  }
+  if (r != NULL && r->ncur > 0 && r->cur[0].has_service) {
+    memcpy(ref, r->cur[0].service, 16);
+    return;
+  }
   for (i = 0; i < 8; i++)
     if (memcmp(w->visit[i], id, 16) == 0) {
       memcpy(ref, w->svc[w->visit_svc[i]], 16);
       return;
     }
-  if (r != NULL && r->ncur > 0 && r->cur[0].has_service) {
-    memcpy(ref, r->cur[0].service, 16);
-    return;
-  }
   memcpy(ref, w->svc[test_rand_below(&rng, 4)], 16);
 }
 
@@ -2307,7 +2463,7 @@ static bool random_change(struct rworld *w, struct rdev *x,
     pick_scope(w, user, coll_kind[coll], &scope);
   }
   if (coll == C_VISIT)
-    visit_ref(w, id, ref);
+    visit_ref(w, id, rec != NULL && r < 75 && rec->ncur > 0, ref);
   else
     memcpy(ref, scope.id, 16);
 
@@ -3004,6 +3160,9 @@ TEST(scope_e2e_unassign) {
   ASSERT_STR_EQ(
       jstr(json_object_get(quarantined(q, e.o1), "fields"), "evidence_text"),
       "edited offline");
+  /* The push before the removal was refused: the mark travels along. */
+  ASSERT_STR_EQ(jstr(json_object_get(quarantined(q, e.o1), "refused"), "code"),
+                "ERR_FORBIDDEN");
   json_decref(q);
   /* The server has the acknowledged record and neither unacked one. */
   cli_sync(&e.ho, 0, NULL);
@@ -3215,6 +3374,15 @@ TEST(scope_e2e_revoke) {
         "edited before revocation");
     json_decref(q);
   }
+  /* Another attempt neither syncs nor quarantines anything twice. */
+  rc = cli_sync_rc(&e.ins1, &s, &st);
+  if (rc != FIELDSYNC_EREVOKED && rc != FIELDSYNC_EAUTH)
+    test_fail(__FILE__, __LINE__, "second sync of a revoked device: %s (%s)",
+              fieldsync_errname(rc), fieldsync_errmsg(e.ins1.db));
+  {
+    const char *want[] = {e.o1, o5, NULL};
+    json_decref(expect_quarantine(&e.ins1, want, "revoked"));
+  }
   /* Nothing of it reached the server; other devices carry on. */
   cli_sync(&e.ho, 0, NULL);
   ASSERT(!cli_has(&e.ho, o5));
@@ -3258,6 +3426,22 @@ TEST(scope_e2e_refused) {
   ASSERT(jstr(json_array_get(r, 0), "reason")[0] != '\0');
   json_decref(r);
   ASSERT(cli_has(&e.ins1, o6));
+  {
+    /* get_json shows the version marked refused, with the code. */
+    char *js = NULL;
+    json_error_t je;
+    json_t *j;
+    ASSERT_OK(fieldsync_get_json(e.ins1.db, o6, &js));
+    j = json_loads(js, 0, &je);
+    ASSERT(j != NULL);
+    ASSERT_STR_EQ(
+        jstr(json_object_get(json_array_get(json_object_get(j, "versions"), 0),
+                             "refused"),
+             "code"),
+        "ERR_FORBIDDEN");
+    json_decref(j);
+    fieldsync_free(js);
+  }
 
   /* Not sent again by the next sync; not on the server. */
   cli_sync(&e.ins1, 0, &st);
