@@ -1095,39 +1095,72 @@ int srv_store_user_delete(struct srv_store_conn *c, const char *name) {
   return write_commit(c, outer);
 }
 
-int srv_store_user_list(struct srv_store_conn *c,
-                        int (*cb)(const char *name, int role, bool deleted,
-                                  int64_t created_ms, void *data),
-                        void *data) {
+/* The walk every operator listing shares: runs sql (?1 bound to user's
+ * id, or NULL for everyone) and calls row for each result row; row's
+ * non-zero return stops the walk and is returned. ENOTFOUND when user is
+ * given and does not exist. */
+static int list_rows(struct srv_store_conn *c, const char *user,
+                     const char *sql, const char *what,
+                     int (*row)(sqlite3_stmt *st, void *arg), void *arg) {
   sqlite3_stmt *st = NULL;
-  int rc = sqlite3_prepare_v2(c->db,
-                              "SELECT name, role, deleted, created_ms FROM "
-                              "users ORDER BY name",
-                              -1, &st, NULL);
+  int64_t user_id = 0;
+  int rc;
 
+  if (user != NULL) {
+    rc = find_user(c, user, true, &user_id, NULL, NULL);
+    if (rc != 0)
+      return rc;
+  }
+  rc = sqlite3_prepare_v2(c->db, sql, -1, &st, NULL);
   if (rc != SQLITE_OK) {
-    rc = sql_err(c, rc, "listing users");
+    rc = sql_err(c, rc, what);
     goto done;
   }
-  for (;;) {
-    const unsigned char *name;
-    int r;
-
-    rc = sqlite3_step(st);
-    if (rc != SQLITE_ROW)
-      break;
-    name = sqlite3_column_text(st, 0);
-    r = cb(name != NULL ? (const char *)name : "", sqlite3_column_int(st, 1),
-           sqlite3_column_int(st, 2) != 0, sqlite3_column_int64(st, 3), data);
+  if (user != NULL)
+    sqlite3_bind_int64(st, 1, user_id);
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    int r = row(st, arg);
     if (r != 0) {
       rc = r;
       goto done;
     }
   }
-  rc = rc == SQLITE_DONE ? 0 : sql_err(c, rc, "listing users");
+  rc = rc == SQLITE_DONE ? 0 : sql_err(c, rc, what);
 done:
   sqlite3_finalize(st);
   return rc;
+}
+
+/* Text column i, or "" for NULL. */
+static const char *column_str(sqlite3_stmt *st, int i) {
+  const unsigned char *t = sqlite3_column_text(st, i);
+  return t != NULL ? (const char *)t : "";
+}
+
+struct user_walk {
+  int (*cb)(const char *name, int role, bool deleted, int64_t created_ms,
+            void *data);
+  void *data;
+};
+
+static int user_row(sqlite3_stmt *st, void *arg) {
+  struct user_walk *w = arg;
+
+  return w->cb(column_str(st, 0), sqlite3_column_int(st, 1),
+               sqlite3_column_int(st, 2) != 0, sqlite3_column_int64(st, 3),
+               w->data);
+}
+
+int srv_store_user_list(struct srv_store_conn *c,
+                        int (*cb)(const char *name, int role, bool deleted,
+                                  int64_t created_ms, void *data),
+                        void *data) {
+  struct user_walk w = {cb, data};
+
+  return list_rows(c, NULL,
+                   "SELECT name, role, deleted, created_ms FROM users "
+                   "ORDER BY name",
+                   "listing users", user_row, &w);
 }
 
 int srv_store_device_add(struct srv_store_conn *c, const char *user,
@@ -1182,63 +1215,41 @@ out:
   return rc;
 }
 
+struct device_walk {
+  int (*cb)(const struct srv_device_info *, void *);
+  void *data;
+};
+
+static int device_row(sqlite3_stmt *st, void *arg) {
+  struct device_walk *w = arg;
+  struct srv_device_info d;
+
+  memset(&d, 0, sizeof(d));
+  d.id = sqlite3_column_int64(st, 0);
+  snprintf(d.user, sizeof(d.user), "%s", column_str(st, 1));
+  d.role = sqlite3_column_int(st, 2);
+  d.user_deleted = sqlite3_column_int(st, 3) != 0;
+  d.created_ms = sqlite3_column_int64(st, 4);
+  d.revoked = sqlite3_column_int(st, 5) != 0;
+  d.revoked_ms = d.revoked ? sqlite3_column_int64(st, 6) : 0;
+  d.bound = sqlite3_column_bytes(st, 7) == FSP_ID_LEN;
+  if (d.bound)
+    memcpy(d.replica, sqlite3_column_blob(st, 7), FSP_ID_LEN);
+  d.last_seen_ms = sqlite3_column_int64(st, 8);
+  return w->cb(&d, w->data);
+}
+
 int srv_store_device_list(struct srv_store_conn *c, const char *user,
                           int (*cb)(const struct srv_device_info *, void *),
                           void *data) {
-  struct srv_device_info d;
-  sqlite3_stmt *st = NULL;
-  int64_t user_id = 0;
-  int rc;
+  struct device_walk w = {cb, data};
 
-  if (user != NULL) {
-    rc = find_user(c, user, true, &user_id, NULL, NULL);
-    if (rc != 0)
-      return rc;
-  }
-  rc = sqlite3_prepare_v2(
-      c->db,
-      "SELECT d.id, u.name, u.role, u.deleted, d.created_ms, d.revoked, "
-      "d.revoked_ms, d.replica_id, d.last_seen_ms "
-      "FROM devices d JOIN users u ON u.id = d.user_id "
-      "WHERE ?1 IS NULL OR d.user_id = ?1 ORDER BY d.id",
-      -1, &st, NULL);
-  if (rc != SQLITE_OK) {
-    rc = sql_err(c, rc, "listing devices");
-    goto done;
-  }
-  if (user != NULL)
-    sqlite3_bind_int64(st, 1, user_id);
-  for (;;) {
-    const unsigned char *name;
-    int r;
-
-    rc = sqlite3_step(st);
-    if (rc != SQLITE_ROW)
-      break;
-    name = sqlite3_column_text(st, 1);
-    memset(&d, 0, sizeof(d));
-    d.id = sqlite3_column_int64(st, 0);
-    snprintf(d.user, sizeof(d.user), "%s",
-             name != NULL ? (const char *)name : "");
-    d.role = sqlite3_column_int(st, 2);
-    d.user_deleted = sqlite3_column_int(st, 3) != 0;
-    d.created_ms = sqlite3_column_int64(st, 4);
-    d.revoked = sqlite3_column_int(st, 5) != 0;
-    d.revoked_ms = d.revoked ? sqlite3_column_int64(st, 6) : 0;
-    d.bound = sqlite3_column_bytes(st, 7) == FSP_ID_LEN;
-    if (d.bound)
-      memcpy(d.replica, sqlite3_column_blob(st, 7), FSP_ID_LEN);
-    d.last_seen_ms = sqlite3_column_int64(st, 8);
-    r = cb(&d, data);
-    if (r != 0) {
-      rc = r;
-      goto done;
-    }
-  }
-  rc = rc == SQLITE_DONE ? 0 : sql_err(c, rc, "listing devices");
-done:
-  sqlite3_finalize(st);
-  return rc;
+  return list_rows(c, user,
+                   "SELECT d.id, u.name, u.role, u.deleted, d.created_ms, "
+                   "d.revoked, d.revoked_ms, d.replica_id, d.last_seen_ms "
+                   "FROM devices d JOIN users u ON u.id = d.user_id "
+                   "WHERE ?1 IS NULL OR d.user_id = ?1 ORDER BY d.id",
+                   "listing devices", device_row, &w);
 }
 
 int srv_store_device_revoke(struct srv_store_conn *c, int64_t device_id) {
@@ -1363,57 +1374,37 @@ int srv_store_unassign(struct srv_store_conn *c, const uint8_t visit[16],
   return write_commit(c, outer);
 }
 
+struct assignment_walk {
+  int (*cb)(const struct srv_assignment *, void *);
+  void *data;
+};
+
+static int assignment_row(sqlite3_stmt *st, void *arg) {
+  struct assignment_walk *w = arg;
+  struct srv_assignment a;
+
+  memset(&a, 0, sizeof(a));
+  if (sqlite3_column_bytes(st, 0) == FSP_ID_LEN)
+    memcpy(a.visit, sqlite3_column_blob(st, 0), FSP_ID_LEN);
+  snprintf(a.user, sizeof(a.user), "%s", column_str(st, 1));
+  a.role = sqlite3_column_int(st, 2);
+  a.until_ms = sqlite3_column_int64(st, 3); /* NULL reads as 0 */
+  a.created_ms = sqlite3_column_int64(st, 4);
+  return w->cb(&a, w->data);
+}
+
 int srv_store_assignment_list(struct srv_store_conn *c, const char *user,
                               int (*cb)(const struct srv_assignment *, void *),
                               void *data) {
-  struct srv_assignment a;
-  sqlite3_stmt *st = NULL;
-  int64_t user_id = 0;
-  int rc;
+  struct assignment_walk w = {cb, data};
 
-  if (user != NULL) {
-    rc = find_user(c, user, true, &user_id, NULL, NULL);
-    if (rc != 0)
-      return rc;
-  }
-  rc = sqlite3_prepare_v2(
-      c->db,
-      "SELECT a.visit_id, u.name, u.role, a.until_ms, a.created_ms "
-      "FROM assignments a JOIN users u ON u.id = a.user_id "
-      "WHERE ?1 IS NULL OR a.user_id = ?1 ORDER BY u.name, a.visit_id",
-      -1, &st, NULL);
-  if (rc != SQLITE_OK) {
-    rc = sql_err(c, rc, "listing assignments");
-    goto done;
-  }
-  if (user != NULL)
-    sqlite3_bind_int64(st, 1, user_id);
-  for (;;) {
-    const unsigned char *name;
-    int r;
-
-    rc = sqlite3_step(st);
-    if (rc != SQLITE_ROW)
-      break;
-    name = sqlite3_column_text(st, 1);
-    memset(&a, 0, sizeof(a));
-    if (sqlite3_column_bytes(st, 0) == FSP_ID_LEN)
-      memcpy(a.visit, sqlite3_column_blob(st, 0), FSP_ID_LEN);
-    snprintf(a.user, sizeof(a.user), "%s",
-             name != NULL ? (const char *)name : "");
-    a.role = sqlite3_column_int(st, 2);
-    a.until_ms = sqlite3_column_int64(st, 3); /* NULL reads as 0 */
-    a.created_ms = sqlite3_column_int64(st, 4);
-    r = cb(&a, data);
-    if (r != 0) {
-      rc = r;
-      goto done;
-    }
-  }
-  rc = rc == SQLITE_DONE ? 0 : sql_err(c, rc, "listing assignments");
-done:
-  sqlite3_finalize(st);
-  return rc;
+  return list_rows(c, user,
+                   "SELECT a.visit_id, u.name, u.role, a.until_ms, "
+                   "a.created_ms "
+                   "FROM assignments a JOIN users u ON u.id = a.user_id "
+                   "WHERE ?1 IS NULL OR a.user_id = ?1 "
+                   "ORDER BY u.name, a.visit_id",
+                   "listing assignments", assignment_row, &w);
 }
 
 /* ---- authentication ---------------------------------------------------- */
