@@ -52,40 +52,29 @@ bool srv_revoked_has(const struct srv *srv, int64_t device_id) {
                  sizeof(*srv->revoked), cmp_id) != NULL;
 }
 
-/* Merges ids[0..n) (sorted here) into the sorted set. Returns how many
- * were new, or -1 when out of memory (then nothing is added). */
-static long revoked_add(struct srv *srv, int64_t *ids, size_t n) {
-  int64_t *merged;
-  size_t i = 0;
-  size_t j = 0;
+/* Adds ids[0..n) to the sorted set. Returns how many were new, or -1
+ * when out of memory (then nothing is added). */
+static long revoked_add(struct srv *srv, const int64_t *ids, size_t n) {
+  int64_t *set;
   size_t k = 0;
-  size_t fresh = 0;
+  size_t i;
 
   if (n == 0)
     return 0;
   if (n > SIZE_MAX / sizeof(int64_t) - srv->nrevoked)
     return -1;
-  qsort(ids, n, sizeof(*ids), cmp_id);
-  merged = fsp_malloc((srv->nrevoked + n) * sizeof(*merged));
-  if (merged == NULL)
+  set = fsp_realloc(srv->revoked, (srv->nrevoked + n) * sizeof(*set));
+  if (set == NULL)
     return -1;
-  while (i < srv->nrevoked || j < n) {
-    int64_t v;
-
-    if (j == n || (i < srv->nrevoked && srv->revoked[i] <= ids[j])) {
-      v = srv->revoked[i++];
-    } else {
-      v = ids[j++];
-      if (k == 0 || merged[k - 1] != v)
-        fresh++;
-    }
-    if (k == 0 || merged[k - 1] != v)
-      merged[k++] = v;
-  }
-  fsp_free(srv->revoked);
-  srv->revoked = merged;
+  memcpy(set + srv->nrevoked, ids, n * sizeof(*ids));
+  qsort(set, srv->nrevoked + n, sizeof(*set), cmp_id);
+  for (i = 0; i < srv->nrevoked + n; i++) /* drop duplicates */
+    if (k == 0 || set[k - 1] != set[i])
+      set[k++] = set[i];
+  i = srv->nrevoked;
+  srv->revoked = set;
   srv->nrevoked = k;
-  return (long)fresh;
+  return (long)(k - i);
 }
 
 /* Polls the auth epoch on the loop's own store connection (one indexed

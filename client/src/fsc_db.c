@@ -356,8 +356,7 @@ int fieldsync_batch_rollback(fieldsync_db *db) {
 
 /* ---- open -------------------------------------------------------------- */
 
-/* Reads one integer from a pragma or query. */
-static int query_int(fieldsync_db *db, const char *sql, int64_t *out) {
+int fsc_query_int(fieldsync_db *db, const char *sql, int64_t *out) {
   sqlite3_stmt *st = NULL;
   int rc = sqlite3_prepare_v2(db->sql, sql, -1, &st, NULL);
 
@@ -486,9 +485,9 @@ static int setup(fieldsync_db *db, bool create, const char *name) {
   int64_t tables = 0;
   int rc;
 
-  rc = query_int(db, "PRAGMA user_version", &version);
+  rc = fsc_query_int(db, "PRAGMA user_version", &version);
   if (rc == 0)
-    rc = query_int(db, "SELECT count(*) FROM sqlite_master", &tables);
+    rc = fsc_query_int(db, "SELECT count(*) FROM sqlite_master", &tables);
   if (rc != 0) {
     if (rc == FIELDSYNC_EINTERNAL || rc == FIELDSYNC_ENOTDB)
       return fsc_err(db, FIELDSYNC_ENOTDB, "not a fieldsync database (%s)",

@@ -60,6 +60,8 @@ int fsc_err(fieldsync_db *db, int code, const char *fmt, ...)
 /* Maps a SQLite result code to FIELDSYNC_E*, records "what: sqlite's
  * message", and returns the code. */
 int fsc_sqlerr(fieldsync_db *db, int rc, const char *what);
+/* Reads the one integer a pragma or query returns (a count, a version). */
+int fsc_query_int(fieldsync_db *db, const char *sql, int64_t *out);
 /* Maps an FSP_E* code (payload validation) to FIELDSYNC_E* with err's text. */
 int fsc_fsperr(fieldsync_db *db, const struct fsp_error *err);
 

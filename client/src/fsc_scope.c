@@ -168,9 +168,6 @@ int fsc_scope_set_backfill(fieldsync_db *db, const struct fsc_backfill *bf) {
              : fsc_sqlerr(db, rc, "storing the backfill position");
 }
 
-/* One count(*) (or other integer) query. */
-static int count(fieldsync_db *db, const char *sql, int64_t *out);
-
 int fsc_scope_hold(fieldsync_db *db, const struct fsc_scope *sc) {
   int64_t n = 0;
   int rc = run(db, "INSERT OR IGNORE INTO held_scopes(kind, id) VALUES(?1, ?2)",
@@ -178,7 +175,7 @@ int fsc_scope_hold(fieldsync_db *db, const struct fsc_scope *sc) {
 
   /* Every Pull lists them all, and a Pull may list no more. */
   if (rc == 0)
-    rc = count(db, "SELECT count(*) FROM held_scopes", &n);
+    rc = fsc_query_int(db, "SELECT count(*) FROM held_scopes", &n);
   if (rc == 0 && n > (int64_t)FSP_MAX_HELD_SCOPES)
     rc = fsc_err(db, FIELDSYNC_EVALUE,
                  "a finished backfill would make more than %u held scopes",
@@ -273,21 +270,6 @@ int fsc_scope_wipe(fieldsync_db *db, size_t *removed, size_t *quarantined) {
 
 /* ---- counts ------------------------------------------------------------ */
 
-static int count(fieldsync_db *db, const char *sql, int64_t *out) {
-  sqlite3_stmt *st = NULL;
-  int rc = sqlite3_prepare_v2(db->sql, sql, -1, &st, NULL);
-
-  if (rc == SQLITE_OK) {
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-      *out = sqlite3_column_int64(st, 0);
-      rc = SQLITE_OK;
-    }
-  }
-  sqlite3_finalize(st);
-  return rc == SQLITE_OK ? 0 : fsc_sqlerr(db, rc, "counting");
-}
-
 int fieldsync_counts(fieldsync_db *db, struct fieldsync_counts *out) {
   /* Each count reads an index (versions_pending and versions_refused are
    * partial, so the cost follows what is waiting, not the database). */
@@ -310,7 +292,7 @@ int fieldsync_counts(fieldsync_db *db, struct fieldsync_counts *out) {
   memset(out, 0, sizeof(*out));
   for (i = 0; i < sizeof(sql) / sizeof(sql[0]); i++) {
     v[i] = 0;
-    rc = count(db, sql[i], &v[i]);
+    rc = fsc_query_int(db, sql[i], &v[i]);
     if (rc != 0)
       return rc;
   }
