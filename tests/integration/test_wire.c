@@ -322,6 +322,60 @@ TEST(admin_bad_input) {
     ASSERT_EQ(proc_run(a, out, sizeof(out), err, sizeof(err), 20000), 0);
     ASSERT(strstr(out, "usage") != NULL);
   }
+  /* Visit teams and devices: each bad argument gets its exit status (2
+   * usage, 1 refused) and a message naming it; nothing is assigned. */
+  {
+    static const struct {
+      const char *argv[7];
+      int status;
+      const char *says;
+    } bad[] = {
+        {{"assign", "0123", "ann"}, 2, "0123"},
+        {{"assign", "0123456789abcdef0123456789abcdeg", "ann"}, 2, "VISIT"},
+        {{"assign", "0123456789abcdef0123456789abcdef", "ann", "--until",
+          "2009-02-30"},
+         2, "2009-02-30"},
+        {{"assign", "0123456789abcdef0123456789abcdef", "ann", "--until",
+          "tomorrow"},
+         2, "tomorrow"},
+        {{"assign", "0123456789abcdef0123456789abcdef", "nobody"}, 1, "nobody"},
+        {{"assign", "0123456789abcdef0123456789abcdef", "boss"}, 1,
+         "head_office"},
+        {{"unassign", "0123456789abcdef0123456789abcdef", "ann"}, 1, ""},
+        {{"device", "revoke", "seven"}, 2, "seven"},
+        {{"device", "revoke", "999"}, 1, "999"},
+        {{"device", "list", "--until", "2030-01-01"}, 2, "--until"},
+        {{"user", "delete", "nobody"}, 1, "nobody"},
+    };
+    char *a[12];
+    size_t i;
+    size_t k;
+
+    {
+      char *u[] = {(char *)admin, "--db", db, "user", "add", "boss", "--role",
+                   "head_office", NULL};
+      ASSERT_EQ(proc_run(u, out, sizeof(out), err, sizeof(err), 20000), 0);
+    }
+    for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+      a[0] = (char *)admin;
+      a[1] = "--db";
+      a[2] = db;
+      for (k = 0; bad[i].argv[k] != NULL; k++)
+        a[3 + k] = (char *)bad[i].argv[k];
+      a[3 + k] = NULL;
+      if (proc_run(a, out, sizeof(out), err, sizeof(err), 20000) !=
+          bad[i].status)
+        test_fail(__FILE__, __LINE__, "case %zu (%s %s): want exit %d: %s", i,
+                  bad[i].argv[0], bad[i].argv[1], bad[i].status, err);
+      ASSERT(strstr(err, "fieldsync-admin: ") == err);
+      ASSERT(strstr(err, bad[i].says) != NULL);
+    }
+    {
+      char *l[] = {(char *)admin, "--db", db, "assignments", "--json", NULL};
+      ASSERT_EQ(proc_run(l, out, sizeof(out), err, sizeof(err), 20000), 0);
+      ASSERT(strstr(out, "[]") != NULL); /* nothing was assigned */
+    }
+  }
   /* Not a server database: refused, unchanged. */
   snprintf(path, sizeof(path), "%s/notes.txt", dir);
   f = fopen(path, "w");
