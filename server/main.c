@@ -5,6 +5,7 @@
 
 #include "srv.h"
 #include "srv_loop.h"
+#include "srv_fault.h"
 
 int main(int argc, char **argv) {
   struct srv_config cfg;
@@ -15,5 +16,8 @@ int main(int argc, char **argv) {
   if (rc != 0)
     return rc > 0 ? 0 : 2;
   srv_log_init(cfg.quiet);
+#ifdef FIELDSYNC_FAULT_SEAMS
+  srv_fault_init();
+#endif
   return srv_run(&cfg);
 }

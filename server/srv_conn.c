@@ -19,6 +19,7 @@
 
 #include "fsp_tls.h"
 #include "srv.h"
+#include "srv_fault.h"
 #include "srv_tls.h"
 
 /* The Error a revoked device gets, wherever it is in its session. */
@@ -1055,6 +1056,9 @@ void srv_conn_accept(struct srv *srv) {
   }
   c->srv = srv;
   c->id = ++srv->next_conn_id;
+#ifdef FIELDSYNC_FAULT_SEAMS
+  srv_fault_on_accept(c->id);
+#endif
   c->tcp.data = c;
   c->state = CONN_HELLO;
   fsp_frame_decoder_init(&c->dec, srv->cfg.max_frame);
