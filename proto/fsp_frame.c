@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /* The incremental, sans-I/O frame decoder declared in fsp_frame.h. A length
- * is judged as soon as its four header bytes are in, and the body buffer is
- * allocated exactly once, only after the length has passed that check. */
+ * is judged as soon as its four header bytes are in; the body buffer is
+ * allocated only after the length has passed that check and only as body
+ * bytes arrive, growing geometrically up to the declared length. A body
+ * that arrives in one piece costs one allocation of exactly its length. */
 #include "fsp_frame.h"
 
 #include <assert.h>
@@ -21,6 +23,7 @@ static void reset_frame(struct fsp_frame_decoder *d) {
   d->hdr_have = 0;
   d->len = 0;
   d->buf = NULL;
+  d->cap = 0;
   d->have = 0;
   d->ready = false;
 }
@@ -34,9 +37,9 @@ void fsp_frame_decoder_close(struct fsp_frame_decoder *d) {
   reset_frame(d);
 }
 
-/* Called once the header is whole: checks the length against the limit
- * and only then allocates the body. Returns 0 or a negative FSP_E* code,
- * which the caller makes sticky. Nothing is allocated on failure. */
+/* Called once the header is whole: checks the length against the limit.
+ * Allocates nothing (the body buffer waits for body bytes). Returns 0 or a
+ * negative FSP_E* code, which the caller makes sticky. */
 static int start_body(struct fsp_frame_decoder *d) {
   uint32_t len = (uint32_t)d->hdr[0] << 24 | (uint32_t)d->hdr[1] << 16 |
                  (uint32_t)d->hdr[2] << 8 | (uint32_t)d->hdr[3];
@@ -45,18 +48,48 @@ static int start_body(struct fsp_frame_decoder *d) {
     return FSP_EFRAME_EMPTY;
   if (len > d->max_frame)
     return FSP_EFRAME_TOO_BIG;
-  d->buf = fsp_malloc(len);
-  if (d->buf == NULL)
-    return FSP_ENOMEM;
   d->len = len;
   d->have = 0;
   return 0;
 }
 
+/* Makes room for n more body bytes (have + n <= len): the capacity at
+ * least doubles, starts at FSP_FRAME_FIRST_ALLOC, and never passes the
+ * declared length. Returns 0 or FSP_ENOMEM; on failure the partial body is
+ * freed, since the stream is dead. */
+static int grow_body(struct fsp_frame_decoder *d, size_t n) {
+  size_t need = d->have + n;
+  size_t cap;
+  uint8_t *p;
+
+  assert(need <= d->len);
+  if (need <= d->cap)
+    return 0;
+  cap = d->cap > d->len / 2 ? d->len : d->cap * 2;
+  if (cap < FSP_FRAME_FIRST_ALLOC)
+    cap = FSP_FRAME_FIRST_ALLOC;
+  if (cap < need)
+    cap = need;
+  if (cap > d->len)
+    cap = d->len;
+  p = fsp_realloc(d->buf, cap);
+  if (p == NULL) {
+    fsp_free(d->buf);
+    d->buf = NULL;
+    d->cap = 0;
+    return FSP_ENOMEM;
+  }
+  d->buf = p;
+  d->cap = cap;
+  return 0;
+}
+
 /* On top of the contract in fsp_frame.h: while a whole frame waits to be
  * taken, feeding consumes nothing and returns 1 again, so the frame cannot be
- * overwritten. When the call fails, *used counts the header bytes it
- * consumed; when a sticky error is repeated, it is 0. A NULL d or used, or
+ * overwritten. When the call fails, *used counts the bytes it consumed
+ * before the failure (header bytes, or body bytes copied before the buffer
+ * could not grow); when a sticky error is repeated, it is 0. A NULL d or
+ * used, or
  * NULL data with len > 0, returns FSP_EINVAL, which is not sticky because the
  * stream itself is still intact. */
 int fsp_frame_feed(struct fsp_frame_decoder *d, const uint8_t *data, size_t len,
@@ -92,13 +125,19 @@ int fsp_frame_feed(struct fsp_frame_decoder *d, const uint8_t *data, size_t len,
     }
   }
 
-  /* The header is whole and valid, so the body buffer exists. */
-  assert(d->buf != NULL && d->have < d->len);
+  /* The header is whole and valid; the body buffer grows as bytes come. */
+  assert(d->have < d->len && d->cap <= d->len);
   n = d->len - d->have;
   if (n > len - off)
     n = len - off;
-  if (n > 0)
-    memcpy(d->buf + d->have, data + off, n);
+  if (n == 0)
+    goto done;
+  rc = grow_body(d, n);
+  if (rc != 0) {
+    d->err = rc;
+    goto done;
+  }
+  memcpy(d->buf + d->have, data + off, n);
   d->have += n;
   off += n;
   if (d->have == d->len) {
@@ -141,6 +180,10 @@ bool fsp_frame_partial(const struct fsp_frame_decoder *d) {
   if (d == NULL)
     return false;
   return d->err == 0 && !d->ready && d->hdr_have > 0;
+}
+
+size_t fsp_frame_held(const struct fsp_frame_decoder *d) {
+  return d == NULL ? 0 : d->cap;
 }
 
 void fsp_frame_header(uint32_t len, uint8_t hdr[FSP_FRAME_HEADER]) {

@@ -15,6 +15,7 @@
 
 #include <jansson.h>
 
+#include "fsp_alloc.h"
 #include "srv_policy.h"
 #include "srv_store.h"
 
@@ -259,7 +260,7 @@ static void listing_init(struct listing *l, bool json, size_t ncol,
 
 static void listing_close(struct listing *l) {
   json_decref(l->array);
-  free(l->cells);
+  fsp_free(l->cells);
 }
 
 /* Adds a row: obj (its reference is taken) or, for the table, the ncol
@@ -277,7 +278,7 @@ static int listing_add(struct listing *l, json_t *obj, const char *const *row) {
   json_decref(obj);
   if (l->nrows == l->cap) {
     size_t ncap = l->cap == 0 ? 16 : l->cap * 2;
-    void *n = realloc(l->cells, ncap * sizeof(*l->cells));
+    void *n = fsp_realloc(l->cells, ncap * sizeof(*l->cells));
     if (n == NULL) {
       l->nomem = true;
       return 1;

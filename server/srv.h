@@ -28,13 +28,30 @@ struct srv_config {
   uint32_t max_batch;
   unsigned handshake_timeout_ms; /* Hello must arrive (and auth finish) */
   unsigned idle_timeout_ms;      /* between requests */
-  size_t max_write_queue;        /* bytes queued to one peer */
+  unsigned frame_timeout_ms;     /* a frame begun must be whole by then */
+  unsigned write_timeout_ms;     /* a peer must take queued bytes */
+  size_t max_write_queue;        /* bytes queued to one peer before its
+                                    requests wait (srv_conn.c, "Memory") */
+  unsigned max_requests_per_s;   /* per connection, with a burst of as
+                                    many; more wait. 0 = no limit */
   unsigned readers;              /* reader connections for workers */
   bool quiet;                    /* log warnings and errors only */
   char tls_cert[1024];           /* PEM certificate chain; "" = none */
   char tls_key[1024];            /* PEM private key of tls_cert */
   bool plaintext;                /* plain TCP, allowed on loopback only */
 };
+
+/* Descriptors fieldsyncd needs beside its connections: stdio, the
+ * listener and its spare (srv->listen_fd), libuv's (epoll, its async and
+ * signal pipes, its EMFILE spare), and room for the store's temporary
+ * files; the store's own files are counted per connection to it
+ * (SRV_FDS_PER_STORE_CONN: database, WAL and shared memory). */
+#define SRV_RESERVED_FDS 32u
+#define SRV_FDS_PER_STORE_CONN 3u
+/* Connections past max_connections that are still told ERR_BUSY; past
+ * these, new ones are closed at once, without an Error, so refusals cannot
+ * use up the descriptors the store needs. */
+#define SRV_BUSY_SLACK 32u
 
 void srv_config_default(struct srv_config *c);
 /* Parses argv (flags override a --config file). Prints usage and returns
@@ -124,6 +141,7 @@ struct srv_conn {
                                    (with TLS, ciphertext not yet
                                    decrypted waits in the SSL's BIO) */
   size_t pending_len;
+  size_t pending_off;           /* pending[0..off) already fed */
   size_t write_queue;           /* bytes handed to uv_write, not done */
   bool reading;
   bool close_after_write;       /* failing: an Error is on its way out */
@@ -135,6 +153,15 @@ struct srv_conn {
   bool job_in_flight;
   bool draining;                /* server shutting down */
   uint64_t deadline;            /* uv_now() ms; 0 = none */
+  uint64_t frame_deadline;      /* the frame in progress must be whole by
+                                   then; 0 = no frame in progress */
+  uint64_t write_deadline;      /* queued bytes must move by then; 0 =
+                                   nothing waits in libuv's queue */
+  size_t write_seen;            /* libuv's queue size at the last sweep */
+  uint64_t credit;              /* requests it may start now, x 1000 */
+  uint64_t credit_at;           /* uv_now() when credit was last filled */
+  bool throttled;               /* a whole request waits in dec for credit;
+                                   not reading (the sweep resumes it) */
   struct srv_identity who;
   bool authed;
   bool revoked;                 /* device revoked while a job was in
@@ -145,8 +172,11 @@ struct srv_conn {
   struct srv_conn *next;
 };
 
-/* Accepts a pending connection on the listener. */
-void srv_conn_accept(struct srv *srv);
+/* Accepts a pending connection on the listener. Returns 0, or a libuv
+ * error (UV_ENOMEM) when the connection could not even be taken off the
+ * listener: libuv then stops watching the listener until one is taken, so
+ * the caller must pause accepting (srv_loop.c), which closes it. */
+int srv_conn_accept(struct srv *srv);
 /* Finishes a job on the loop thread: sends its reply and moves the
  * connection on. May close the connection. Frees the job. */
 void srv_conn_job_done(struct srv_job *job);
@@ -177,9 +207,13 @@ struct srv_writer {
   struct srv_job *done;         /* finished, for the loop thread */
   struct srv_job *done_tail;
   uv_async_t async;             /* wakes the loop for done jobs */
-  struct srv_store_conn *conn;
+  struct srv_store_conn *conn;  /* NULL after an I/O error until reopened */
   bool stop;
   bool started;
+  bool failing;                 /* an I/O error, no commit since (logged
+                                   once) */
+  uint64_t retry_at;            /* uv_hrtime() of the next reopen attempt */
+  unsigned backoff_ms;
   uint64_t commits;
   uint64_t batches;
 };
@@ -215,6 +249,16 @@ struct srv {
   struct srv_tls *tls;          /* NULL: plain TCP (--plaintext) */
   uint8_t server_id[16];
   uv_tcp_t listener;
+  /* A second descriptor of the listening socket: accepting pauses by
+   * closing the listener handle (the only way out of libuv's accept loop
+   * when it cannot shed a connection), and resumes on a dup of this, with
+   * the socket and its backlog kept meanwhile (srv_loop.c). */
+  int listen_fd;
+  bool listener_closed;         /* the handle is closed (paused or stopping) */
+  bool accept_paused;
+  uint64_t accept_paused_at;    /* uv_now() ms */
+  uint64_t accept_resume_at;
+  uint64_t accept_refused;      /* accept errors in this pause episode */
   uv_signal_t sigint;
   uv_signal_t sigterm;
   uv_timer_t cron;

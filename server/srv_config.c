@@ -21,7 +21,18 @@ void srv_config_default(struct srv_config *c) {
   c->max_batch = FSP_DEFAULT_MAX_BATCH;
   c->handshake_timeout_ms = 10000;
   c->idle_timeout_ms = 120000;
-  c->max_write_queue = 16u << 20;
+  c->frame_timeout_ms = 60000;
+  c->write_timeout_ms = 60000;
+  /* A client that waits for each reply before its next request never has
+   * more than one reply queued, so this only holds back peers that
+   * pipeline requests without reading (srv_conn.c, "Memory"). */
+  c->max_write_queue = 1u << 20;
+  /* A flood of tiny requests waits instead of taking the loop and the
+   * workers from everyone else (tools/load: 20 flooding peers without a
+   * limit put healthy clients' p99 at 10x its quiet value). A sync never
+   * comes near it: a second's burst of 100 requests, each carrying up to
+   * max_batch records, then 100 a second. */
+  c->max_requests_per_s = 100;
   c->readers = 4;
 }
 
@@ -32,7 +43,9 @@ static void usage(FILE *f) {
           "options: [--db PATH] [--listen HOST:PORT] [--config FILE]\n"
           "         [--max-connections N] [--max-frame BYTES]\n"
           "         [--max-batch N] [--handshake-timeout-ms MS]\n"
-          "         [--idle-timeout-ms MS] [--quiet]\n"
+          "         [--idle-timeout-ms MS] [--frame-timeout-ms MS]\n"
+          "         [--write-timeout-ms MS] [--max-write-queue BYTES]\n"
+          "         [--max-requests-per-s N] [--quiet]\n"
           "\n"
           "Serves fieldsync replicas over TLS (1.2 or newer): --tls-cert is\n"
           "the server's certificate chain and --tls-key its private key, both\n"
@@ -41,7 +54,27 @@ static void usage(FILE *f) {
           "on the same host. One of the two is required.\n"
           "Listens on 127.0.0.1:7340 by default; port 0 picks a free port.\n"
           "Prints \"listening on HOST:PORT\" on stdout when ready; logs one\n"
-          "line per event on stderr. SIGINT/SIGTERM stop it cleanly.\n");
+          "line per event on stderr. SIGINT/SIGTERM stop it cleanly.\n"
+          "\n"
+          "Limits and deadlines (a peer that passes one gets Error and is\n"
+          "closed; only that connection):\n"
+          "  --max-connections N     served at once (1000); more get\n"
+          "                          ERR_BUSY. Lowered, with a warning, to\n"
+          "                          what RLIMIT_NOFILE allows\n"
+          "  --max-frame BYTES       largest frame accepted (4194304)\n"
+          "  --handshake-timeout-ms  connect to a checked Hello (10000)\n"
+          "  --idle-timeout-ms       between requests, counted from the\n"
+          "                          last reply's end (120000)\n"
+          "  --frame-timeout-ms      a frame's first byte to its last, so\n"
+          "                          no peer can dribble one (60000)\n"
+          "  --write-timeout-ms      a peer that takes none of the bytes\n"
+          "                          queued for it this long is dropped,\n"
+          "                          without an Error (60000)\n"
+          "  --max-write-queue BYTES replies queued to a peer before its\n"
+          "                          next request waits (1048576)\n"
+          "  --max-requests-per-s N  requests one connection may start per\n"
+          "                          second, in bursts of as many; more\n"
+          "                          wait (100; 0: no limit)\n");
 }
 
 static int parse_u64(const char *key, const char *v, uint64_t min,
@@ -130,6 +163,30 @@ static int set(struct srv_config *c, const char *key, const char *v) {
     if (parse_u64(key, v, 10, 86400000, &x) != 0)
       return -1;
     c->idle_timeout_ms = (unsigned)x;
+    return 0;
+  }
+  if (strcmp(key, "frame-timeout-ms") == 0) {
+    if (parse_u64(key, v, 10, 3600000, &x) != 0)
+      return -1;
+    c->frame_timeout_ms = (unsigned)x;
+    return 0;
+  }
+  if (strcmp(key, "write-timeout-ms") == 0) {
+    if (parse_u64(key, v, 10, 3600000, &x) != 0)
+      return -1;
+    c->write_timeout_ms = (unsigned)x;
+    return 0;
+  }
+  if (strcmp(key, "max-write-queue") == 0) {
+    if (parse_u64(key, v, 4096, 1u << 30, &x) != 0)
+      return -1;
+    c->max_write_queue = (size_t)x;
+    return 0;
+  }
+  if (strcmp(key, "max-requests-per-s") == 0) {
+    if (parse_u64(key, v, 0, 1000000, &x) != 0)
+      return -1;
+    c->max_requests_per_s = (unsigned)x;
     return 0;
   }
   if (strcmp(key, "quiet") == 0) {

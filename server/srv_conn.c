@@ -12,7 +12,32 @@
  * in its close_cb, and never while a job still refers to it.
  * With TLS (srv_tls.c), ciphertext read from the socket goes into the
  * connection's SSL, the plaintext that comes out takes the same path as
- * plain TCP bytes, and replies are encrypted before they are queued. */
+ * plain TCP bytes, and replies are encrypted before they are queued.
+ *
+ * Deadlines (srv_conn_sweep, every 100 ms): the handshake (connect to a
+ * checked Hello), idle (between requests, from the moment the last reply
+ * has left), frame (from a frame's first byte to its last, so a peer
+ * cannot dribble one), write (a peer that takes none of the bytes queued
+ * for it is dropped without an Error, which it would not read either), and
+ * 2 s for a failing peer to take its Error.
+ *
+ * Memory: what one connection can hold, at most. The struct and its libuv
+ * handle, under 1 KiB. A frame in progress: max(4 KiB, 2 x its bytes
+ * received), never over max_frame, for at most frame_timeout_ms
+ * (fsp_frame.h). Bytes read while busy (pending): one socket read, 64 KiB.
+ * The write queue: max_write_queue plus one reply (max_frame) and one
+ * Error, because requests wait while more than max_write_queue is queued,
+ * and for at most write_timeout_ms while the peer takes nothing. While a
+ * request is served (no frame is then in progress): its decoded message,
+ * under the decode budget (8 x max_frame + 64 KiB), then its reply. The
+ * socket read buffer is shared by all connections. So the cap per
+ * connection is 10 x max_frame + max_write_queue + 130 KiB (41 MiB with
+ * the defaults), reached only by a peer sending and fetching the largest
+ * frames; an idle or dribbling peer holds a few KiB, a peer that never
+ * reads max_write_queue + max_frame (5 MiB). TLS adds its session
+ * (srv_tls.h: about 16 KiB idle, 50 KiB in a handshake, and a read BIO of
+ * at most one socket read and a record). */
+#include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -42,6 +67,7 @@ static uint8_t plain_buf[FSP_TLS_RECORD_MAX];
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void process(struct srv_conn *c, const uint8_t *data, size_t len);
+static size_t feed(struct srv_conn *c, const uint8_t *data, size_t len);
 static void tls_pump(struct srv_conn *c);
 
 struct write_req {
@@ -142,6 +168,11 @@ static void on_write(uv_write_t *req, int status) {
     conn_close(c, uv_strerror(status));
     return;
   }
+  c->write_deadline = 0; /* the peer is taking bytes; the sweep re-arms */
+  /* Idle time counts from the moment the reply has left, so a slow link
+   * that is still taking a large reply is not idle. */
+  if (c->write_queue == 0 && c->state == CONN_READY && !c->close_after_write)
+    c->deadline = uv_now(c->srv->loop) + c->srv->cfg.idle_timeout_ms;
   if (c->close_after_write && c->write_queue == 0) {
     conn_linger(c);
     return;
@@ -284,6 +315,13 @@ static void protocol_error(struct srv_conn *c, int fsp_code, const char *msg,
   size_t n = len < 32 ? len : 32;
   size_t i;
 
+  if (fsp_code == FSP_ENOMEM) {
+    /* Our failure, not the peer's: no protocol error, no dump. */
+    srv_log(SRV_ERROR, "out_of_memory", "conn=%llu peer=%s while=\"%s\"",
+            (unsigned long long)c->id, c->peer, msg);
+    conn_fail(c, fsp_err_to_wire(fsp_code), "%s", msg);
+    return;
+  }
   for (i = 0; i < n; i++)
     snprintf(hex + 2 * i, 3, "%02x", bytes[i]);
   hex[2 * n] = '\0';
@@ -320,6 +358,10 @@ static void read_resume(struct srv_conn *c) {
   if ((c->state != CONN_READY && c->state != CONN_HELLO) ||
       c->close_after_write)
     return;
+  if (c->throttled) {
+    read_stop(c); /* resumed by the sweep */
+    return;
+  }
   /* Requests held back count too: a peer that pipelines requests and
    * reads no replies must not make us queue replies without bound. */
   if (c->write_queue > c->srv->cfg.max_write_queue) {
@@ -327,13 +369,22 @@ static void read_resume(struct srv_conn *c) {
     return;
   }
   if (c->pending != NULL) {
-    uint8_t *p = c->pending;
-    size_t n = c->pending_len;
-    c->pending = NULL;
-    c->pending_len = 0;
-    process(c, p, n);
-    fsp_free(p);
-    if (c->state != CONN_READY && c->state != CONN_HELLO)
+    /* Consumed in place, one request at a time: a peer that pipelines
+     * many small requests costs no copying per request. */
+    c->pending_off +=
+        feed(c, c->pending + c->pending_off, c->pending_len - c->pending_off);
+    if (c->pending_off == c->pending_len || c->state == CONN_CLOSING ||
+        c->close_after_write) {
+      fsp_free(c->pending);
+      c->pending = NULL;
+      c->pending_len = 0;
+      c->pending_off = 0;
+    }
+    if ((c->state != CONN_READY && c->state != CONN_HELLO) || c->throttled)
+      return;
+  } else if (c->dec.ready) {
+    (void)feed(c, NULL, 0); /* the request that waited for credit */
+    if ((c->state != CONN_READY && c->state != CONN_HELLO) || c->throttled)
       return;
   }
   if (c->tls != NULL) {
@@ -588,6 +639,11 @@ static void handle_frame(struct srv_conn *c, uint8_t *body, size_t len) {
     case FIELDSYNC__ENVELOPE__BODY_BYE:
       conn_close(c, "bye");
       break;
+    case FIELDSYNC__ENVELOPE__BODY_ERROR:
+      /* PROTOCOL.md "Session": the receiver of an Error closes, and
+       * answers nothing (a client reports a reply it could not use). */
+      conn_close(c, "peer error");
+      break;
     default:
       conn_fail(c, FIELDSYNC__ERROR_CODE__ERR_UNEXPECTED_MESSAGE,
                 "unexpected %s in a session", fsp_msg_body_name(m.env));
@@ -602,45 +658,92 @@ static void handle_frame(struct srv_conn *c, uint8_t *body, size_t len) {
   fsp_msg_close(&m);
 }
 
+/* Refills the connection's request credit (max_requests_per_s, up to one
+ * second's worth) and, with credit for a request, takes it. */
+static bool credit_refill(struct srv_conn *c) {
+  unsigned rate = c->srv->cfg.max_requests_per_s;
+  uint64_t now = uv_now(c->srv->loop);
+
+  if (rate == 0)
+    return true;
+  c->credit += (now - c->credit_at) * rate; /* ms x requests/s */
+  if (c->credit > (uint64_t)rate * 1000u)
+    c->credit = (uint64_t)rate * 1000u;
+  c->credit_at = now;
+  return c->credit >= 1000u;
+}
+
+static bool take_credit(struct srv_conn *c) {
+  if (!credit_refill(c))
+    return false;
+  if (c->srv->cfg.max_requests_per_s != 0)
+    c->credit -= 1000u;
+  return true;
+}
+
 /* Feeds bytes through the frame decoder, handling whole frames while the
- * connection can take requests; keeps the rest for later. */
-static void process(struct srv_conn *c, const uint8_t *data, size_t len) {
+ * connection can take requests, and starts or clears the frame deadline.
+ * At most one request is started: it leaves the connection busy. A
+ * request beyond the connection's rate (max_requests_per_s) waits whole in
+ * the decoder, and reading stops until the sweep finds credit for it.
+ * Returns how many bytes were consumed: fewer than len when the connection
+ * became busy or throttled (the caller keeps the rest), failing or closing
+ * (the rest is dropped). */
+static size_t feed(struct srv_conn *c, const uint8_t *data, size_t len) {
   size_t off = 0;
 
-  while (off < len) {
+  /* A whole request held back for credit (c->dec.ready) is fed first. */
+  while ((off < len || c->dec.ready) &&
+         (c->state == CONN_READY || c->state == CONN_HELLO) &&
+         !c->close_after_write && !c->throttled) {
     size_t used = 0;
-    int rc;
+    int rc = fsp_frame_feed(&c->dec, data + off, len - off, &used);
 
-    if (c->close_after_write)
-      return; /* failing: nothing more is read */
-    if (c->state != CONN_READY && c->state != CONN_HELLO) {
-      if (c->state == CONN_CLOSING)
-        return;
-      /* Busy: hold the rest (at most one read buffer) until the reply. */
-      c->pending = fsp_malloc(len - off);
-      if (c->pending == NULL) {
-        conn_close(c, "out of memory");
-        return;
-      }
-      memcpy(c->pending, data + off, len - off);
-      c->pending_len = len - off;
-      return;
-    }
-    rc = fsp_frame_feed(&c->dec, data + off, len - off, &used);
     off += used;
     if (rc < 0) {
       protocol_error(c, rc, fsp_err_strerror(rc), data, len);
-      return;
+      break;
     }
     if (rc == 1) {
       uint8_t *body;
       size_t blen;
 
+      if (c->state == CONN_READY && !take_credit(c)) {
+        /* The request stays whole in the decoder; the sweep resumes. */
+        c->throttled = true;
+        read_stop(c);
+        break;
+      }
+      c->frame_deadline = 0; /* the next frame gets its own */
       fsp_frame_take(&c->dec, &body, &blen);
       handle_frame(c, body, blen);
       fsp_free(body);
     }
   }
+  if (!fsp_frame_partial(&c->dec))
+    c->frame_deadline = 0;
+  else if (c->frame_deadline == 0)
+    c->frame_deadline = uv_now(c->srv->loop) + c->srv->cfg.frame_timeout_ms;
+  return off;
+}
+
+/* Feeds bytes that are not ours to keep (the shared read buffer, or TLS
+ * plaintext): what a busy connection cannot take yet is copied to
+ * c->pending, at most one read, since reading stops while busy. */
+static void process(struct srv_conn *c, const uint8_t *data, size_t len) {
+  size_t used = feed(c, data, len);
+
+  if (used == len || c->state == CONN_CLOSING || c->close_after_write)
+    return;
+  assert(c->pending == NULL);
+  c->pending = fsp_malloc(len - used);
+  if (c->pending == NULL) {
+    conn_close(c, "out of memory");
+    return;
+  }
+  memcpy(c->pending, data + used, len - used);
+  c->pending_len = len - used;
+  c->pending_off = 0;
 }
 
 /* A TLS failure: logs one line with OpenSSL's reason, then closes this
@@ -670,7 +773,7 @@ static void tls_pump(struct srv_conn *c) {
   char err[256];
 
   while ((c->state == CONN_READY || c->state == CONN_HELLO) &&
-         !c->close_after_write) {
+         !c->close_after_write && !c->throttled) {
     size_t got = 0;
     int rc = srv_tls_conn_read(c->tls, plain_buf, sizeof(plain_buf), &got,
                                err, sizeof(err));
@@ -845,13 +948,22 @@ static size_t pull_max_bytes(uint32_t max_frame, size_t nheld) {
   return max_frame - margin;
 }
 
-/* Worker thread: auth and pull read the store on a lent connection. */
+/* Worker thread: auth and pull read the store on a lent connection. A
+ * connection that had an I/O error is closed, not lent again (auth
+ * commits, and a failed fsync is never retried on the same connection);
+ * the next job to take its place opens a new one, or fails with EIO. */
 static void work_cb(uv_work_t *req) {
   struct srv_job *job = req->data;
   struct srv *srv = job->srv;
   struct srv_store_conn *rc = srv_reader_take(srv);
+  char err[160];
 
-  if (job->kind == SRV_JOB_AUTH) {
+  if (rc == NULL &&
+      srv_store_conn_open(srv->store, &rc, err, sizeof(err)) != 0) {
+    job->rc = SRV_STORE_EIO;
+    snprintf(job->err, sizeof(job->err), "the store is unavailable: %s",
+             err);
+  } else if (job->kind == SRV_JOB_AUTH) {
     job->rc = srv_store_auth(rc, job->token, job->replica, &job->who);
     if (job->rc == 0)
       build_welcome(job);
@@ -879,6 +991,10 @@ static void work_cb(uv_work_t *req) {
     srv_page_free(&page);
   }
   memset(job->token, 0, sizeof(job->token));
+  if (job->rc == SRV_STORE_EIO || job->rc == SRV_STORE_ECORRUPT) {
+    srv_store_conn_close(rc);
+    rc = NULL;
+  }
   srv_reader_give(srv, rc);
 }
 
@@ -1038,7 +1154,7 @@ void srv_conn_job_done(struct srv_job *job) {
 
 /* ---- accepting, deadlines, draining ------------------------------------ */
 
-void srv_conn_accept(struct srv *srv) {
+int srv_conn_accept(struct srv *srv) {
   struct srv_conn *c = fsp_calloc(1, sizeof(*c));
   struct sockaddr_storage ss;
   int len = sizeof(ss);
@@ -1046,13 +1162,13 @@ void srv_conn_accept(struct srv *srv) {
 
   if (c == NULL) {
     srv_log(SRV_ERROR, "accept_failed", "error=\"out of memory\"");
-    return;
+    return UV_ENOMEM;
   }
   rc = uv_tcp_init(srv->loop, &c->tcp);
   if (rc != 0) {
     srv_log(SRV_ERROR, "accept_failed", "error=\"%s\"", uv_strerror(rc));
     fsp_free(c);
-    return;
+    return rc;
   }
   c->srv = srv;
   c->id = ++srv->next_conn_id;
@@ -1071,7 +1187,7 @@ void srv_conn_accept(struct srv *srv) {
   if (rc != 0) {
     srv_log(SRV_WARN, "accept_failed", "error=\"%s\"", uv_strerror(rc));
     conn_close(c, "accept failed");
-    return;
+    return 0;
   }
   if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
     char ip[48] = "?";
@@ -1089,7 +1205,16 @@ void srv_conn_accept(struct srv *srv) {
   if (srv->stopping) {
     conn_fail(c, FIELDSYNC__ERROR_CODE__ERR_SHUTTING_DOWN,
               "server is shutting down");
-    return;
+    return 0;
+  }
+  if (srv->stats.connections >
+      (uint64_t)srv->cfg.max_connections + SRV_BUSY_SLACK) {
+    /* So many are being refused that an Error each could use up the
+     * descriptors kept for the store: shed this one at once. */
+    srv_log(SRV_DEBUG, "conn_refused", "peer=%s reason=limit limit=%u", c->peer,
+            srv->cfg.max_connections);
+    conn_close(c, "over the connection limit");
+    return 0;
   }
   if (srv->stats.connections > srv->cfg.max_connections) {
     srv_log(SRV_WARN, "conn_refused", "peer=%s reason=limit limit=%u",
@@ -1097,18 +1222,37 @@ void srv_conn_accept(struct srv *srv) {
     conn_fail(c, FIELDSYNC__ERROR_CODE__ERR_BUSY,
               "too many connections (limit %u); try again later",
               srv->cfg.max_connections);
-    return;
+    return 0;
   }
   if (srv->tls != NULL && srv_tls_conn_open(srv->tls, &c->tls) != 0) {
     srv_log(SRV_ERROR, "accept_failed", "peer=%s error=\"out of memory\"",
             c->peer);
     conn_close(c, "out of memory");
-    return;
+    return 0;
   }
   /* One deadline for the TLS handshake and Hello together: a peer that
    * stalls in either is dropped (cleared when the token check starts). */
   c->deadline = uv_now(srv->loop) + srv->cfg.handshake_timeout_ms;
+  c->credit = (uint64_t)srv->cfg.max_requests_per_s * 1000u; /* a burst */
+  c->credit_at = uv_now(srv->loop);
   read_resume(c);
+  return 0;
+}
+
+/* The write deadline: armed while bytes wait in libuv's queue (the
+ * kernel's buffer is full), moved on whenever the queue shrinks or a write
+ * completes. Returns true when it has passed: the peer took nothing for
+ * write_timeout_ms. */
+static bool write_stalled(struct srv_conn *c, uint64_t now) {
+  size_t q = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+
+  if (q == 0) {
+    c->write_deadline = 0;
+  } else if (c->write_deadline == 0 || q < c->write_seen) {
+    c->write_deadline = now + c->srv->cfg.write_timeout_ms;
+  }
+  c->write_seen = q;
+  return c->write_deadline != 0 && now >= c->write_deadline;
 }
 
 void srv_conn_sweep(struct srv *srv) {
@@ -1118,7 +1262,31 @@ void srv_conn_sweep(struct srv *srv) {
   while (c != NULL) {
     struct srv_conn *next = c->next;
 
-    if (c->state != CONN_CLOSING && c->deadline != 0 && now >= c->deadline) {
+    if (c->state == CONN_CLOSING) {
+      c = next;
+      continue;
+    }
+    if (!c->close_after_write && write_stalled(c, now)) {
+      /* An Error would wait behind what the peer is not reading. */
+      srv_log(SRV_INFO, "timeout", "conn=%llu peer=%s phase=write queued=%zu",
+              (unsigned long long)c->id, c->peer, c->write_queue);
+      conn_close(c, "peer took no bytes before the write deadline");
+    } else if (c->frame_deadline != 0 && now >= c->frame_deadline &&
+               !c->close_after_write) {
+      srv_log(SRV_INFO, "timeout", "conn=%llu peer=%s phase=frame held=%zu",
+              (unsigned long long)c->id, c->peer, fsp_frame_held(&c->dec));
+      c->frame_deadline = 0;
+      conn_fail(c, FIELDSYNC__ERROR_CODE__ERR_TIMEOUT,
+                "frame not complete before the frame deadline");
+    } else if (c->throttled && !c->close_after_write) {
+      /* Not idle: a request waits for credit. */
+      if (credit_refill(c)) {
+        c->throttled = false;
+        read_resume(c); /* may close c */
+      }
+    } else if (c->deadline != 0 && now >= c->deadline &&
+               (c->close_after_write || c->state == CONN_HELLO ||
+                c->write_queue == 0)) {
       if (c->close_after_write) {
         conn_close(c, c->lingering ? "peer kept the connection after its error"
                                    : "peer did not read its error");

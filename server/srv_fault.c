@@ -4,16 +4,18 @@
 #include "srv_fault.h"
 
 #include <inttypes.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "faultmem.h"
 #include "faultvfs.h"
 #include "fsp_alloc.h"
 
 static struct faultvfs_plan vfs_plan;
-static uint64_t vfs_at_conn;   /* 0: armed at start */
+static uint64_t vfs_at_conn; /* 0: armed at start */
 static bool vfs_wanted;
 static uint64_t alloc_k;
 static bool alloc_sticky;
@@ -50,19 +52,34 @@ static void write_report(void) {
 
   if (f == NULL)
     return;
-  fprintf(f, "vfs_ops=%" PRIu64 " vfs_injected=%" PRIu64
-             " alloc_count=%" PRIu64 " alloc_failed=%" PRIu64 "\n",
+  fprintf(f,
+          "vfs_ops=%" PRIu64 " vfs_injected=%" PRIu64 " alloc_count=%" PRIu64
+          " alloc_failed=%" PRIu64 " vfs_resynced=%" PRIu64 "\n",
           faultvfs_count(), faultvfs_injected(), fsp_alloc_count(),
-          fsp_alloc_failed());
+          fsp_alloc_failed(), faultvfs_resynced());
   fclose(f);
+}
+
+/* SIGUSR1: the storage fault clears (faultvfs_disarm is
+ * async-signal-safe: one atomic store). */
+static void on_clear(int sig) {
+  (void)sig;
+  faultvfs_disarm();
 }
 
 void srv_fault_init(void) {
   const char *v = getenv("FIELDSYNC_FAULT_VFS");
   const char *a = getenv("FIELDSYNC_FAULT_ALLOC");
+  struct sigaction sa;
   char text[128];
 
   report_path = getenv("FIELDSYNC_FAULT_REPORT");
+  /* ":sqlite": SQLite's allocations count too. Its allocator must be set
+   * before faultvfs_install initialises SQLite. */
+  if (a != NULL && strstr(a, ":sqlite") != NULL && faultmem_install() != 0) {
+    fprintf(stderr, "fieldsyncd-fault: cannot route SQLite's allocations\n");
+    exit(2);
+  }
   if (faultvfs_install() != 0) {
     fprintf(stderr, "fieldsyncd-fault: cannot install the fault VFS\n");
     exit(2);
@@ -81,13 +98,23 @@ void srv_fault_init(void) {
     alloc_k = strtoull(text, &end, 10);
     if (end == text || alloc_k == 0 || alloc_at_conn == 0)
       die("FIELDSYNC_FAULT_ALLOC", a);
-    if (strcmp(end, ":sticky") == 0)
-      alloc_sticky = true;
-    else if (*end != '\0')
+    while (*end == ':') {
+      if (strncmp(end, ":sticky", 7) == 0)
+        alloc_sticky = true;
+      else if (strncmp(end, ":sqlite", 7) != 0)
+        die("FIELDSYNC_FAULT_ALLOC", a);
+      end += 7;
+    }
+    if (*end != '\0')
       die("FIELDSYNC_FAULT_ALLOC", a);
   }
   if (report_path != NULL && report_path[0] != '\0')
     atexit(write_report);
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = on_clear;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGUSR1, &sa, NULL);
 }
 
 void srv_fault_on_accept(uint64_t conn_id) {

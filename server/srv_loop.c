@@ -1,10 +1,14 @@
 /* SPDX-License-Identifier: MIT */
-/* The event loop around the connections: listening, the housekeeping timer
- * (deadlines, revocations, shutdown progress; Redis's serverCron),
- * SIGINT/SIGTERM, the pool of reader connections lent to worker threads,
- * and start/stop. */
+/* The event loop around the connections: listening (and pausing it when
+ * accept fails), the housekeeping timer (deadlines, revocations, shutdown
+ * progress; Redis's serverCron), SIGINT/SIGTERM, the pool of reader
+ * connections lent to worker threads, and start/stop. */
+#include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <unistd.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +22,9 @@
 /* How often the auth epoch is polled: a revoked device's sessions end
  * within this (plus one job) of the revocation's commit. */
 #define REVOKE_POLL_MS 200
+/* How long accepting pauses after accept failed and libuv could not shed
+ * the connection (on_connection). */
+#define ACCEPT_PAUSE_MS 500
 
 struct srv_store_conn *srv_reader_take(struct srv *srv) {
   struct srv_store_conn *c;
@@ -121,16 +128,129 @@ static void revoke_poll(struct srv *srv) {
     srv_conn_revoke(srv);
 }
 
+/* ---- accepting ---------------------------------------------------------- */
+
+static void on_listener_closed(uv_handle_t *h) {
+  struct srv *srv = h->data;
+
+  srv->listener_closed = true;
+}
+
+/* Stops accepting for ACCEPT_PAUSE_MS. libuv reports an accept error only
+ * when it could not shed the connection itself (out of descriptors, it
+ * accepts and closes the waiting peers on a spare descriptor it keeps, and
+ * reports EMFILE/ENFILE only once that spare is gone too), and then tries
+ * to accept again at once, in a loop, until accept stops failing: closing
+ * the handle is the only way out of that loop. The socket, and its
+ * backlog, live on in srv->listen_fd meanwhile. Logged once per episode (up
+ * to the next connection accepted), not once per failure. */
+static void accept_pause(struct srv *srv, int status) {
+  uint64_t now = uv_now(srv->loop);
+
+  srv->accept_refused++;
+  if (srv->accept_paused_at == 0) {
+    srv->accept_paused_at = now;
+    srv_log(SRV_WARN, "accept_paused",
+            "error=\"%s\" connections=%llu retry_ms=%d", uv_strerror(status),
+            (unsigned long long)srv->stats.connections, ACCEPT_PAUSE_MS);
+  }
+  srv->accept_paused = true;
+  srv->accept_resume_at = now + ACCEPT_PAUSE_MS;
+  if (!uv_is_closing((uv_handle_t *)&srv->listener))
+    uv_close((uv_handle_t *)&srv->listener, on_listener_closed);
+}
+
+static void on_connection(uv_stream_t *server, int status);
+
+/* Listens again on a new descriptor of the paused socket (cron). Out of
+ * descriptors still, it stays paused and tries again later, silently. */
+static void accept_resume(struct srv *srv) {
+  int fd;
+  int rc;
+
+  if (!srv->accept_paused || srv->stopping || !srv->listener_closed ||
+      uv_now(srv->loop) < srv->accept_resume_at)
+    return;
+  fd = fcntl(srv->listen_fd, F_DUPFD_CLOEXEC, 0);
+  if (fd < 0) {
+    srv->accept_resume_at = uv_now(srv->loop) + ACCEPT_PAUSE_MS;
+    return;
+  }
+  rc = uv_tcp_init(srv->loop, &srv->listener);
+  if (rc != 0) {
+    close(fd);
+    goto fail;
+  }
+  srv->listener_closed = false;
+  srv->listener.data = srv;
+  rc = uv_tcp_open(&srv->listener, fd);
+  if (rc != 0)
+    close(fd); /* not the handle's: closing it leaves fd alone */
+  else
+    rc = uv_listen((uv_stream_t *)&srv->listener, SOMAXCONN, on_connection);
+  if (rc != 0) {
+    uv_close((uv_handle_t *)&srv->listener, on_listener_closed);
+    goto fail;
+  }
+  srv->accept_paused = false;
+  return;
+fail:
+  srv_log(SRV_ERROR, "accept_resume_failed", "error=\"%s\"", uv_strerror(rc));
+  srv->accept_resume_at = uv_now(srv->loop) + ACCEPT_PAUSE_MS;
+}
+
+/* A connection that could not be taken off the listener (out of memory)
+ * pauses accepting like an accept error does: libuv would otherwise stop
+ * watching the listener for good, and closing it closes that connection,
+ * so its peer is refused at once instead of waiting unanswered. */
 static void on_connection(uv_stream_t *server, int status) {
   struct srv *srv = server->data;
 
+  if (status == 0)
+    status = srv_conn_accept(srv);
   if (status != 0) {
-    /* libuv keeps a spare descriptor for EMFILE and sheds the peer; we
-     * only log, and never spin. */
-    srv_log(SRV_WARN, "accept_failed", "error=\"%s\"", uv_strerror(status));
+    accept_pause(srv, status);
     return;
   }
-  srv_conn_accept(srv);
+  if (srv->accept_paused_at != 0) {
+    srv_log(SRV_INFO, "accept_resumed", "paused_ms=%llu failures=%llu",
+            (unsigned long long)(uv_now(srv->loop) - srv->accept_paused_at),
+            (unsigned long long)srv->accept_refused);
+    srv->accept_paused_at = 0;
+    srv->accept_refused = 0;
+  }
+}
+
+/* Makes room for max_connections descriptors beside the server's own
+ * (Redis's adjustOpenFilesLimit): raises RLIMIT_NOFILE's soft limit as far
+ * as needed and allowed, else lowers max_connections to fit, with a
+ * warning. Then one connection past the limit is told ERR_BUSY, instead of
+ * libuv shedding it without a word once descriptors run out. */
+static void fit_fd_limit(struct srv *srv) {
+  rlim_t own = SRV_RESERVED_FDS + SRV_BUSY_SLACK +
+               SRV_FDS_PER_STORE_CONN * ((rlim_t)srv->cfg.readers + 2u);
+  rlim_t need = (rlim_t)srv->cfg.max_connections + own;
+  struct rlimit rl;
+
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY ||
+      rl.rlim_cur >= need)
+    return;
+  if (rl.rlim_max == RLIM_INFINITY || rl.rlim_max > rl.rlim_cur) {
+    struct rlimit want = rl;
+
+    want.rlim_cur =
+        rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need ? rl.rlim_max : need;
+    if (setrlimit(RLIMIT_NOFILE, &want) == 0)
+      rl = want;
+  }
+  if (rl.rlim_cur >= need)
+    return;
+  srv_log(SRV_WARN, "fd_limit",
+          "rlimit_nofile=%llu max_connections=%u lowered_to=%llu",
+          (unsigned long long)rl.rlim_cur, srv->cfg.max_connections,
+          (unsigned long long)(rl.rlim_cur > own + 1 ? rl.rlim_cur - own : 1));
+  srv->cfg.max_connections =
+      (unsigned)(rl.rlim_cur > own + 1 ? rl.rlim_cur - own : 1);
 }
 
 static void close_readers(struct srv *srv) {
@@ -174,6 +294,7 @@ static void on_cron(uv_timer_t *t) {
   srv->cron_ticks++;
   if (!srv->stopping && srv->cron_ticks % (REVOKE_POLL_MS / CRON_MS) == 0)
     revoke_poll(srv);
+  accept_resume(srv);
   srv_conn_sweep(srv);
   maybe_finish(srv);
 }
@@ -184,7 +305,11 @@ void srv_stop(struct srv *srv, const char *why) {
   srv->stopping = true;
   srv_log(SRV_INFO, "stopping", "reason=%s connections=%llu", why,
           (unsigned long long)srv->stats.connections);
-  uv_close((uv_handle_t *)&srv->listener, NULL);
+  if (!uv_is_closing((uv_handle_t *)&srv->listener))
+    uv_close((uv_handle_t *)&srv->listener, on_listener_closed);
+  if (srv->listen_fd >= 0)
+    close(srv->listen_fd); /* the socket closes with the handle */
+  srv->listen_fd = -1;
   srv_conn_drain_all(srv);
   maybe_finish(srv);
 }
@@ -221,6 +346,16 @@ static int bind_listener(struct srv *srv) {
     rc = uv_listen((uv_stream_t *)&srv->listener, SOMAXCONN, on_connection);
   if (rc == 0)
     rc = uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&ss, &len);
+  if (rc == 0) {
+    uv_os_fd_t fd;
+
+    rc = uv_fileno((uv_handle_t *)&srv->listener, &fd);
+    if (rc == 0) {
+      srv->listen_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+      if (srv->listen_fd < 0)
+        rc = uv_translate_sys_error(errno);
+    }
+  }
   if (rc != 0) {
     fprintf(stderr, "fieldsyncd: cannot listen on %s:%d: %s\n", srv->cfg.host,
             srv->cfg.port, uv_strerror(rc));
@@ -250,6 +385,7 @@ int srv_run(const struct srv_config *cfg) {
 
   memset(&srv, 0, sizeof(srv));
   srv.cfg = *cfg;
+  srv.listen_fd = -1;
   srv.loop = uv_default_loop();
   fsp_limits_default(&srv.lim);
   srv.lim.max_frame = cfg->max_frame;
@@ -300,6 +436,7 @@ int srv_run(const struct srv_config *cfg) {
             srv_store_errmsg(srv.watch));
     goto fail;
   }
+  fit_fd_limit(&srv);
   if (srv_writer_start(&srv) != 0) {
     fprintf(stderr, "fieldsyncd: cannot start the writer\n");
     goto fail;

@@ -1819,13 +1819,8 @@ static int reserve_cur(struct srv_store_conn *c, size_t n) {
     return 0;
   while (cap < n)
     cap *= 2;
-  cur = fsp_realloc(c->cur, cap * sizeof(*cur));
-  if (cur == NULL)
-    return set_err(c, SRV_STORE_ENOMEM, "out of memory");
-  c->cur = cur;
-  for (i = c->cur_cap; i < cap; i++)
-    fsp_vv_init(&c->cur[i].vv);
-  c->cur_cap = cap;
+  /* cur_cap is the capacity of all three arrays, so it moves only once
+   * each has grown: after a failure, the next call grows them again. */
   refs = fsp_realloc(c->refs, cap * sizeof(*refs));
   if (refs == NULL)
     return set_err(c, SRV_STORE_ENOMEM, "out of memory");
@@ -1834,6 +1829,13 @@ static int reserve_cur(struct srv_store_conn *c, size_t n) {
   if (keep == NULL)
     return set_err(c, SRV_STORE_ENOMEM, "out of memory");
   c->keep = keep;
+  cur = fsp_realloc(c->cur, cap * sizeof(*cur));
+  if (cur == NULL)
+    return set_err(c, SRV_STORE_ENOMEM, "out of memory");
+  c->cur = cur;
+  for (i = c->cur_cap; i < cap; i++)
+    fsp_vv_init(&c->cur[i].vv);
+  c->cur_cap = cap;
   return 0;
 }
 

@@ -3,7 +3,12 @@
  * commit. While one transaction commits (and fsyncs), pushes queue up; the
  * next transaction takes them all, so many sessions' batches share one
  * fsync. A job's reply is built only after its transaction committed, and
- * handed back to the loop thread through a uv_async. */
+ * handed back to the loop thread through a uv_async. After an I/O error
+ * (disk full, EIO, a failed fsync) the writer never commits on that
+ * connection again: it closes it and opens another (PostgreSQL's lesson
+ * from "fsyncgate": a failed fsync cannot be retried), and while that
+ * fails every push gets ERR_STORAGE and the reopen is retried with a
+ * bounded backoff. */
 #include <stdio.h>
 #include <string.h>
 
@@ -11,6 +16,17 @@
 
 /* Most records one group-commit transaction takes from the queue. */
 #define SRV_GROUP_COMMIT_RECORDS 20000u
+/* Backoff between attempts to reopen a failed store connection: it
+ * doubles from the first to the last (ms). Attempts are made only when a
+ * push is waiting, so an idle server does nothing. */
+#define SRV_REOPEN_FIRST_MS 50u
+#define SRV_REOPEN_MAX_MS 1000u
+
+/* Store errors after which a connection is not trusted: an I/O error, a
+ * full disk or a failed fsync (EIO), or a damaged page (ECORRUPT). */
+static bool io_class(int rc) {
+  return rc == SRV_STORE_EIO || rc == SRV_STORE_ECORRUPT;
+}
 
 /* Builds job's PushAck from its outcomes (writer thread). */
 static void build_ack(struct srv *srv, struct srv_job *job,
@@ -65,19 +81,22 @@ done:
   fsp_free(op);
 }
 
-/* Runs one transaction over a list of jobs. */
-static void run_batch(struct srv *srv, struct srv_job *jobs) {
+/* Runs one transaction over a list of jobs. Returns true when the store
+ * reported an I/O-class error (then no job of a failed commit is acked). */
+static bool run_batch(struct srv *srv, struct srv_job *jobs) {
   struct srv_writer *w = &srv->writer;
   struct srv_job *job;
   struct srv_outcome **outs;
   size_t njobs = 0;
   size_t k;
+  bool io_failed = false;
   int rc;
 
   for (job = jobs; job != NULL; job = job->next)
     njobs++;
   outs = fsp_calloc(njobs, sizeof(*outs));
   rc = outs == NULL ? SRV_STORE_ENOMEM : srv_store_begin(w->conn);
+  io_failed = io_class(rc);
   for (job = jobs, k = 0; job != NULL; job = job->next, k++) {
     const Fieldsync__Push *p = job->msg.env->push;
 
@@ -95,11 +114,12 @@ static void run_batch(struct srv *srv, struct srv_job *jobs) {
     job->rc = srv_store_push(w->conn, &job->who, p->changes, p->n_changes,
                              &srv->lim, outs[k]);
     if (job->rc != 0)
-      snprintf(job->err, sizeof(job->err), "%s",
-               srv_store_errmsg(w->conn));
+      snprintf(job->err, sizeof(job->err), "%s", srv_store_errmsg(w->conn));
+    io_failed |= io_class(job->rc);
   }
   if (rc == 0) {
     rc = srv_store_commit(w->conn);
+    io_failed |= io_class(rc);
     if (rc != 0) {
       /* Nothing of this transaction is durable: no job gets an ack. */
       srv_store_rollback(w->conn);
@@ -122,6 +142,83 @@ static void run_batch(struct srv *srv, struct srv_job *jobs) {
   fsp_free(outs);
   w->commits++;
   w->batches += njobs;
+  return io_failed;
+}
+
+/* Fails every job of a batch that cannot run: the store connection is
+ * closed and reopening it has failed. */
+static void fail_batch(struct srv_job *jobs) {
+  struct srv_job *job;
+
+  for (job = jobs; job != NULL; job = job->next) {
+    job->records = job->msg.env->push->n_changes;
+    job->rc = SRV_STORE_EIO;
+    snprintf(job->err, sizeof(job->err),
+             "the store is unavailable after an I/O error");
+  }
+}
+
+/* Opens the writer's store connection again, unless the last attempt
+ * failed less than its backoff ago. Logs the first failure of a run of
+ * them, and the success that ends it. */
+static void reopen(struct srv *srv) {
+  struct srv_writer *w = &srv->writer;
+  uint64_t now = uv_hrtime();
+  char err[256];
+  int rc;
+
+  if (w->backoff_ms > 0 && now < w->retry_at)
+    return;
+  rc = srv_store_conn_open(srv->store, &w->conn, err, sizeof(err));
+  if (rc == 0) {
+    if (w->backoff_ms > 0)
+      srv_log(SRV_INFO, "store_reopened", "last_backoff_ms=%u",
+              w->backoff_ms);
+    w->backoff_ms = 0;
+    return;
+  }
+  if (w->backoff_ms == 0)
+    srv_log(SRV_ERROR, "store_reopen_failed", "error=\"%s\" retry_max_ms=%u",
+            err, SRV_REOPEN_MAX_MS);
+  if (w->backoff_ms == 0)
+    w->backoff_ms = SRV_REOPEN_FIRST_MS;
+  else if (w->backoff_ms * 2 <= SRV_REOPEN_MAX_MS)
+    w->backoff_ms *= 2;
+  else
+    w->backoff_ms = SRV_REOPEN_MAX_MS;
+  w->retry_at = now + (uint64_t)w->backoff_ms * 1000000u;
+}
+
+/* Runs a batch on the writer's connection, first reopening it if an
+ * earlier I/O error closed it; after an I/O error, closes it (a failed
+ * fsync is never retried on it) and opens a new one, whose WAL read starts
+ * from what was really committed. Logs once per change of state: the
+ * first failure, and the commit that ends a run of them. */
+static void run_or_fail(struct srv *srv, struct srv_job *jobs) {
+  struct srv_writer *w = &srv->writer;
+
+  if (w->conn == NULL)
+    reopen(srv);
+  if (w->conn == NULL) {
+    fail_batch(jobs);
+    return;
+  }
+  if (!run_batch(srv, jobs)) {
+    if (w->failing)
+      srv_log(SRV_INFO, "storage_recovered", "commits=%llu",
+              (unsigned long long)w->commits);
+    w->failing = false;
+    return;
+  }
+  if (!w->failing)
+    srv_log(SRV_ERROR, "storage_failed",
+            "error=\"%s\" action=\"closing the store connection, nothing "
+            "of the batch acknowledged\"",
+            srv_store_errmsg(w->conn));
+  w->failing = true;
+  srv_store_conn_close(w->conn);
+  w->conn = NULL;
+  reopen(srv);
 }
 
 static void writer_main(void *arg) {
@@ -160,7 +257,7 @@ static void writer_main(void *arg) {
     }
     uv_mutex_unlock(&w->lock);
 
-    run_batch(srv, jobs);
+    run_or_fail(srv, jobs);
 
     uv_mutex_lock(&w->lock);
     if (w->done_tail != NULL)

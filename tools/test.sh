@@ -3,8 +3,9 @@
 # README's test command: installs what is missing (Debian, as root), then
 #   1. builds with AddressSanitizer + UndefinedBehaviorSanitizer and runs
 #      every test suite,
-#   2. fuzzes each libFuzzer target briefly with clang (FIELDSYNC_FUZZ_SECONDS,
-#      default 60; 0 skips),
+#   2. fuzzes each libFuzzer target (envelope, session, client) with clang
+#      for FIELDSYNC_FUZZ_SECONDS seconds each (default 60: about 3 minutes
+#      in all; 0 skips),
 #   3. builds normally (warnings are errors) and runs every test suite.
 # ctest's closing line of the last run counts the tests.
 set -euo pipefail
@@ -27,8 +28,9 @@ if [ "$fuzz_seconds" -gt 0 ] && command -v clang >/dev/null 2>&1; then
   CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DFIELDSYNC_FUZZ=ON -DFIELDSYNC_SANITIZE=ON -DFIELDSYNC_WERROR=ON \
     -DFIELDSYNC_BUILD_TOOLS=OFF >/dev/null
-  cmake --build build-fuzz -j "$jobs" --target fuzz_envelope
-  tools/fuzz.sh build-fuzz "$fuzz_seconds"
+  cmake --build build-fuzz -j "$jobs" --target fuzz_envelope fuzz_session \
+    fuzz_client
+  tools/fuzz.sh build-fuzz "$fuzz_seconds" envelope session client
 fi
 
 echo "== release build =="

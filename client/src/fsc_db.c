@@ -147,6 +147,8 @@ int fsc_sqlerr(fieldsync_db *db, int rc, const char *what) {
     code = FIELDSYNC_EINTERNAL;
     break;
   }
+  if (code == FIELDSYNC_EIO || code == FIELDSYNC_ECORRUPT)
+    db->io_failed = true;
   return fsc_err(db, code, "%s: %s", what, msg);
 }
 
@@ -281,10 +283,90 @@ static int exec_cached(fieldsync_db *db, enum fsc_stmt_id id,
   return rc == SQLITE_DONE ? 0 : fsc_sqlerr(db, rc, what);
 }
 
+/* Replaces the SQLite connection after an I/O error (disk full, EIO, a
+ * failed fsync): a later fsync on the same descriptor may report success
+ * for data the kernel has dropped (PostgreSQL's "fsyncgate"), so nothing
+ * is committed through it again. The new connection opens first, so on
+ * failure the old one stays (for reads) and the next write tries again.
+ * The old one closes without a checkpoint: the next connection to find
+ * the WAL alone recovers it from what was really written. */
+static int reconnect(fieldsync_db *db) {
+  sqlite3 *sql = NULL;
+  size_t i;
+  int rc = sqlite3_open_v2(db->path, &sql,
+                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+
+  if (rc == SQLITE_OK) {
+    sqlite3_extended_result_codes(sql, 1);
+    sqlite3_busy_timeout(sql, 5000);
+    rc = sqlite3_exec(sql,
+                      "PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY;"
+                      " PRAGMA cache_size = -16384",
+                      NULL, NULL, NULL);
+  }
+  if (rc != SQLITE_OK) {
+    fsc_err(db, FIELDSYNC_EIO,
+            "reopening the database after an I/O error: %s",
+            sql != NULL ? sqlite3_errmsg(sql) : sqlite3_errstr(rc));
+    sqlite3_close(sql);
+    return FIELDSYNC_EIO;
+  }
+  for (i = 0; i < FSC_ST_COUNT; i++) {
+    sqlite3_finalize(db->st[i]);
+    db->st[i] = NULL;
+  }
+  sqlite3_db_config(db->sql, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, (int *)NULL);
+  sqlite3_close_v2(db->sql);
+  db->sql = sql;
+  db->io_failed = false;
+  return 0;
+}
+
+/* Prepares what undoes a transaction (and, for a batch operation, its
+ * savepoint) before it begins, so that undoing needs no memory: after an
+ * allocation failure a ROLLBACK still to be prepared could fail as well
+ * and leave the transaction open, to be committed by the next operation
+ * or to refuse it. */
+static int ready_undo(fieldsync_db *db, bool op) {
+  sqlite3_stmt *st;
+  int rc = fsc_stmt(db, FSC_ST_ROLLBACK, &st);
+
+  if (rc == 0 && op)
+    rc = fsc_stmt(db, FSC_ST_ROLLBACK_TO, &st);
+  if (rc == 0 && op)
+    rc = fsc_stmt(db, FSC_ST_RELEASE, &st);
+  return rc;
+}
+
+/* Runs an undo statement ready_undo prepared; false when it failed. */
+static bool run_undo(fieldsync_db *db, enum fsc_stmt_id id) {
+  sqlite3_stmt *st = db->st[id];
+  int rc;
+
+  if (st == NULL)
+    return false;
+  rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  return rc == SQLITE_DONE;
+}
+
 int fsc_begin(fieldsync_db *db) {
-  if (db->batch)
-    return exec_cached(db, FSC_ST_SAVEPOINT, "begin operation");
-  return exec(db, "BEGIN IMMEDIATE", "begin transaction");
+  int rc;
+
+  if (db->batch) {
+    /* An I/O error rolled the batch's transaction back: nothing more may
+     * be written as if it were still open (it would commit on its own). */
+    if (sqlite3_get_autocommit(db->sql))
+      return fsc_err(db, FIELDSYNC_EIO,
+                     "the batch was rolled back by an earlier error; end it "
+                     "with fieldsync_batch_rollback()");
+    rc = ready_undo(db, true);
+    return rc != 0 ? rc : exec_cached(db, FSC_ST_SAVEPOINT, "begin operation");
+  }
+  rc = db->io_failed ? reconnect(db) : 0;
+  if (rc == 0)
+    rc = ready_undo(db, false);
+  return rc != 0 ? rc : exec(db, "BEGIN IMMEDIATE", "begin transaction");
 }
 
 int fsc_commit(fieldsync_db *db) {
@@ -302,16 +384,19 @@ void fsc_rollback(fieldsync_db *db) {
   if (sqlite3_get_autocommit(db->sql))
     return;
   if (db->batch) {
-    sqlite3_exec(db->sql, "ROLLBACK TO fsc_op; RELEASE fsc_op", NULL, NULL,
-                 NULL);
-    /* An I/O error may have ended the whole transaction. */
-    if (sqlite3_get_autocommit(db->sql)) {
-      db->batch = false;
+    /* Undoing the operation alone can fail (a savepoint's rollback may
+     * allocate): then the whole batch is undone, as a failed operation must
+     * never be committed with it. */
+    if (!run_undo(db, FSC_ST_ROLLBACK_TO) || !run_undo(db, FSC_ST_RELEASE))
+      (void)run_undo(db, FSC_ST_ROLLBACK);
+    /* An I/O error may have ended the whole transaction: the batch stays
+     * open (failing every write) until the caller ends it. */
+    if (sqlite3_get_autocommit(db->sql))
       db->batch_pending = 0;
-    }
     return;
   }
-  sqlite3_exec(db->sql, "ROLLBACK", NULL, NULL, NULL);
+  if (!run_undo(db, FSC_ST_ROLLBACK))
+    sqlite3_exec(db->sql, "ROLLBACK", NULL, NULL, NULL);
 }
 
 int fieldsync_batch_begin(fieldsync_db *db) {
@@ -321,7 +406,11 @@ int fieldsync_batch_begin(fieldsync_db *db) {
     return FIELDSYNC_EINVAL;
   if (db->batch)
     return fsc_err(db, FIELDSYNC_EINVAL, "a batch is already open");
-  rc = exec(db, "BEGIN IMMEDIATE", "begin batch");
+  rc = db->io_failed ? reconnect(db) : 0;
+  if (rc == 0)
+    rc = ready_undo(db, false);
+  if (rc == 0)
+    rc = exec(db, "BEGIN IMMEDIATE", "begin batch");
   if (rc == 0)
     db->batch = true;
   return rc;
@@ -334,6 +423,13 @@ int fieldsync_batch_commit(fieldsync_db *db) {
     return FIELDSYNC_EINVAL;
   if (!db->batch)
     return fsc_err(db, FIELDSYNC_EINVAL, "no batch is open");
+  if (sqlite3_get_autocommit(db->sql)) {
+    db->batch = false;
+    db->batch_pending = 0;
+    return fsc_err(db, FIELDSYNC_EIO,
+                   "the batch was rolled back by an earlier error; nothing "
+                   "of it was kept");
+  }
   rc = fsc_store_flush_pending(db);
   db->batch = false;
   if (rc == 0)
@@ -415,9 +511,13 @@ static int load_replica(fieldsync_db *db) {
       NULL);
   int ret = 0;
 
+  /* A missing table is SQLITE_ERROR; anything else (out of memory, I/O)
+   * says nothing about what the file is. */
   if (rc != SQLITE_OK)
-    return fsc_err(db, FIELDSYNC_ENOTDB,
-                   "not a fieldsync database (no meta table)");
+    return (rc & 0xff) == SQLITE_ERROR
+               ? fsc_err(db, FIELDSYNC_ENOTDB,
+                         "not a fieldsync database (no meta table)")
+               : fsc_sqlerr(db, rc, "reading the replica id");
   rc = sqlite3_step(st);
   if (rc == SQLITE_ROW && sqlite3_column_bytes(st, 0) == FSP_ID_LEN &&
       sqlite3_column_type(st, 0) == SQLITE_BLOB)
@@ -500,6 +600,12 @@ static int setup(fieldsync_db *db, bool create, const char *name) {
                    "fieldsync (%s) supports (%d); upgrade fieldsync",
                    (long long)version, fieldsync_version_string(),
                    FSC_SCHEMA_VERSION);
+  /* Only a damaged (or hand-edited) file has a negative version, and
+   * migrate() would index its table with it. */
+  if (version < 0)
+    return fsc_err(db, FIELDSYNC_ECORRUPT,
+                   "database schema version %lld is not valid",
+                   (long long)version);
   if (version == 0 && tables > 0)
     return fsc_err(db, FIELDSYNC_ENOTDB,
                    "not a fieldsync database (an SQLite file with other "
@@ -545,6 +651,9 @@ int fieldsync_open(const char *path, int flags, const char *name,
   fsp_limits_default(&db->lim);
   if (path == NULL || path[0] == '\0' || (flags & ~FIELDSYNC_OPEN_CREATE))
     return fsc_err(db, FIELDSYNC_EINVAL, "bad arguments to fieldsync_open");
+  db->path = fsp_strdup(path);
+  if (db->path == NULL)
+    return fsc_err(db, FIELDSYNC_ENOMEM, "out of memory");
   if (stat(path, &sb) == 0) {
     if (S_ISDIR(sb.st_mode))
       return fsc_err(db, FIELDSYNC_ECANTOPEN, "%s is a directory", path);
@@ -595,8 +704,14 @@ int fieldsync_close(fieldsync_db *db) {
     return 0;
   for (i = 0; i < FSC_ST_COUNT; i++)
     sqlite3_finalize(db->st[i]);
+  /* After an I/O error the connection syncs nothing more (see reconnect):
+   * the next open recovers the WAL instead of this close checkpointing. */
+  if (db->sql != NULL && db->io_failed)
+    sqlite3_db_config(db->sql, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1,
+                      (int *)NULL);
   if (db->sql != NULL && sqlite3_close(db->sql) != SQLITE_OK)
     rc = FIELDSYNC_EIO;
+  fsp_free(db->path);
   fsp_free(db);
   return rc;
 }

@@ -1628,6 +1628,28 @@ ProtobufCMessage *fsc_fields_unpack(const ProtobufCMessageDescriptor *d,
   return protobuf_c_message_unpack(d, &fsc_fields_allocator, len, data);
 }
 
+/* pc_alloc that notes a failure in the bool at data: protobuf-c returns
+ * NULL alike for bad bytes and for a failed allocation. */
+static void *pc_alloc_noted(void *data, size_t size) {
+  void *p = fsp_malloc(size);
+
+  if (p == NULL)
+    *(bool *)data = true;
+  return p;
+}
+
+int fsc_fields_decode(const ProtobufCMessageDescriptor *d, const uint8_t *data,
+                      size_t len, ProtobufCMessage **out) {
+  bool nomem = false;
+  ProtobufCAllocator a = {pc_alloc_noted, pc_free, &nomem};
+
+  /* Freed later with fsc_fields_allocator: the same pc_free. */
+  *out = protobuf_c_message_unpack(d, &a, len, data);
+  if (*out != NULL)
+    return 0;
+  return nomem ? FIELDSYNC_ENOMEM : FIELDSYNC_ECORRUPT;
+}
+
 void fsc_fields_free(ProtobufCMessage *m) {
   if (m != NULL)
     protobuf_c_message_free_unpacked(m, &fsc_fields_allocator);

@@ -24,6 +24,10 @@ ProtobufCMessage *fsc_fields_new(const ProtobufCMessageDescriptor *d);
  * decode (or out of memory). */
 ProtobufCMessage *fsc_fields_unpack(const ProtobufCMessageDescriptor *d,
                                     const uint8_t *data, size_t len);
+/* The same, telling why it failed: 0 (*out set), FIELDSYNC_ENOMEM or
+ * FIELDSYNC_ECORRUPT (the bytes do not decode; *out is NULL). */
+int fsc_fields_decode(const ProtobufCMessageDescriptor *d, const uint8_t *data,
+                      size_t len, ProtobufCMessage **out);
 /* Frees a message from fsc_fields_new/unpack. NULL is a no-op. */
 void fsc_fields_free(ProtobufCMessage *m);
 /* Packs m into a new fsp_malloc buffer; 0 or FIELDSYNC_ENOMEM. An empty

@@ -36,6 +36,8 @@ enum fsc_stmt_id {
   FSC_ST_REFUSE,
   FSC_ST_SAVEPOINT,
   FSC_ST_RELEASE,
+  FSC_ST_ROLLBACK,    /* prepared before each transaction (fsc_begin) */
+  FSC_ST_ROLLBACK_TO, /* and before each batch operation */
   FSC_ST_COUNT
 };
 
@@ -49,6 +51,8 @@ struct fieldsync_db {
   uint8_t replica[FSP_ID_LEN];
   struct fsp_limits lim;
   char errmsg[512];
+  char *path;           /* for reconnecting (fsp_malloc) */
+  bool io_failed;       /* an I/O error: the next transaction reconnects */
 };
 
 /* Records the failure on db (printf-style) and returns code. */

@@ -181,10 +181,11 @@ static int export_csv_one(fieldsync_db *db, const uint8_t id[16], void *data) {
     return rc;
   fsc_hex(id, FSP_ID_LEN, hex);
   if (!r.v[0].deleted) {
-    msg = fsc_fields_unpack(r.col->desc, r.v[0].payload, r.v[0].len);
-    if (msg == NULL) {
-      rc = fsc_err(db, FIELDSYNC_ECORRUPT, "stored content of %s is damaged",
-                   hex);
+    rc = fsc_fields_decode(r.col->desc, r.v[0].payload, r.v[0].len, &msg);
+    if (rc != 0) {
+      rc = rc == FIELDSYNC_ENOMEM
+               ? fsc_err(db, rc, "out of memory")
+               : fsc_err(db, rc, "stored content of %s is damaged", hex);
       goto done;
     }
   }

@@ -114,13 +114,16 @@ static int draft_from_record(fieldsync_db *db, const char *id,
   if (rc != 0)
     goto done;
   memcpy(d->id, rid, FSP_ID_LEN);
-  if (r.v[0].deleted)
+  if (r.v[0].deleted) {
     d->msg = fsc_fields_new(r.col->desc);
-  else
-    d->msg = fsc_fields_unpack(r.col->desc, r.v[0].payload, r.v[0].len);
-  if (d->msg == NULL) {
-    rc = fsc_err(db, FIELDSYNC_ECORRUPT,
-                 "stored content of %s does not decode", id);
+    rc = d->msg != NULL ? 0 : FIELDSYNC_ENOMEM;
+  } else {
+    rc = fsc_fields_decode(r.col->desc, r.v[0].payload, r.v[0].len, &d->msg);
+  }
+  if (rc != 0) {
+    rc = rc == FIELDSYNC_ENOMEM
+             ? fsc_err(db, rc, "out of memory")
+             : fsc_err(db, rc, "stored content of %s does not decode", id);
     goto done;
   }
   *out = d;

@@ -276,8 +276,10 @@ int fieldsync_counts(fieldsync_db *db, struct fieldsync_counts *out) {
   static const char *const sql[] = {
       "SELECT count(*) FROM records",
       "SELECT count(*) FROM records WHERE nversions > 1",
-      "SELECT count(*) FROM versions WHERE pending > 0 AND "
-      "refused_code IS NULL",
+      /* Parenthesised: one element split over two lines (clang's
+       * -Wstring-concatenation would take it for a missing comma). */
+      ("SELECT count(*) FROM versions WHERE pending > 0 AND "
+       "refused_code IS NULL"),
       "SELECT count(*) FROM versions WHERE refused_code IS NOT NULL",
       "SELECT count(*) FROM quarantine",
       "SELECT count(*) FROM held_scopes",
@@ -313,13 +315,17 @@ static int emit(fieldsync_db *db, json_t *o, fieldsync_record_cb cb,
                 void *data) {
   char *s =
       o != NULL ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+  json_free_t jfree;
   int rc;
 
   json_decref(o);
   if (s == NULL)
     return fsc_err(db, FIELDSYNC_ENOMEM, "out of memory");
   rc = cb(s, data);
-  free(s);
+  /* json_dumps allocates with jansson's allocator, which the application
+   * may have replaced (json_set_alloc_funcs): free it with that one. */
+  json_get_alloc_funcs(NULL, &jfree);
+  jfree(s);
   return rc != 0 ? fsc_err(db, FIELDSYNC_ECALLBACK, "stopped by the callback")
                  : 0;
 }

@@ -56,6 +56,8 @@ static const char *const stmt_sql[FSC_ST_COUNT] = {
                       "WHERE record = ?1 AND hash = ?2 AND pending = ?3",
     [FSC_ST_SAVEPOINT] = "SAVEPOINT fsc_op",
     [FSC_ST_RELEASE] = "RELEASE fsc_op",
+    [FSC_ST_ROLLBACK] = "ROLLBACK",
+    [FSC_ST_ROLLBACK_TO] = "ROLLBACK TO fsc_op",
 };
 
 int fsc_stmt(fieldsync_db *db, enum fsc_stmt_id id, sqlite3_stmt **out) {
@@ -1051,6 +1053,7 @@ char *fsc_record_json(const struct fsc_record *r) {
   char *s = NULL;
   char *out = NULL;
   bool all_deleted = true;
+  json_free_t jfree;
   size_t i;
 
   if (o == NULL || arr == NULL)
@@ -1080,7 +1083,11 @@ char *fsc_record_json(const struct fsc_record *r) {
   if (s != NULL)
     out = fsp_strdup(s);
 done:
-  free(s);
+  /* json_dumps allocates with jansson's allocator, which the application
+   * may have replaced (json_set_alloc_funcs): free it with that one. */
+  json_get_alloc_funcs(NULL, &jfree);
+  if (s != NULL)
+    jfree(s);
   json_decref(arr);
   json_decref(o);
   return out;

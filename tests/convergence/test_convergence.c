@@ -4,7 +4,7 @@
  * resolutions, mostly on a few hot records, with small value sets so that
  * edits often repeat content, and sync with a real fieldsyncd in random
  * order: in this process (sometimes one to five versions per batch),
- * through a relay that cuts the connection after a random number of bytes,
+ * through a proxy that cuts the connection after a random number of bytes,
  * in a forked child that is often SIGKILLed after 0-30 ms and sometimes
  * runs while the replica keeps writing through its own handle, and now and
  * then while the server is SIGKILLed and restarted. Then every replica
@@ -25,13 +25,22 @@
  * replica pulls everything with small batches and its export must equal
  * the server's current rows.
  *
+ * The network-fault mode (FIELDSYNC_CONV_NETFAULT=1; ctest's
+ * convergence_netfault runs part 0 so) sends every sync of a seed's steps
+ * through faultnet (tests/harness/faultnet.h) with random per-mille
+ * probabilities of dropped, duplicated, delayed and reordered frames and
+ * cut connections, both ways; a sync may then fail as network faults
+ * explain. Then the faults stop, and the replicas must sync until quiet
+ * and converge as above, with no upload queue left.
+ *
  * A failure prints its seed and the steps; FIELDSYNC_SEED=N with the test
- * name one_seed replays seed N (the choices repeat, the timing of kills and
- * of writes beside a sync does not). FIELDSYNC_TEST_SCALE multiplies the
- * seed count (the convergence_long target), FIELDSYNC_CONV_SEEDS sets the
- * seeds per part, FIELDSYNC_CONV_VERBOSE=1 prints every step,
- * FIELDSYNC_CONV_KEEP=1 keeps a failed part's databases, and
- * FIELDSYNC_TEST_TMPDIR says where they go. */
+ * name one_seed replays seed N, with FIELDSYNC_CONV_NETFAULT=1 in the
+ * network-fault mode (the choices repeat; the timing of kills, of writes
+ * beside a sync and of network faults does not). FIELDSYNC_TEST_SCALE
+ * multiplies the seed count (the convergence_long target),
+ * FIELDSYNC_CONV_SEEDS sets the seeds per part, FIELDSYNC_CONV_VERBOSE=1
+ * prints every step, FIELDSYNC_CONV_KEEP=1 keeps a failed part's
+ * databases, and FIELDSYNC_TEST_TMPDIR says where they go. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <signal.h>
@@ -49,10 +58,10 @@
 #include <jansson.h>
 #include <sqlite3.h>
 
+#include "faultnet.h"
 #include "fieldsync.h"
 #include "harness.h"
 #include "proc.h"
-#include "relay.h"
 
 /* Replicas per seed at most; devices registered per server. */
 #define MAXC 4
@@ -68,6 +77,13 @@
 /* "Syncing until quiet" gives up after this many rounds. */
 #define MAX_QUIET_ROUNDS 10
 #define SYNC_TIMEOUT_MS 15000
+/* Under network faults a sync waits this long for each frame, so that a
+ * lost one costs little. */
+#define NETFAULT_TIMEOUT_MS 500
+/* Seeds of the network-fault mode at scale 1. */
+#define NETFAULT_SEEDS 12u
+/* The largest probability (per mille) of each fault kind in that mode. */
+#define NETFAULT_MAX_PERMILLE 80u
 #define CHILD_DEADLINE_MS 60000
 #define HASH_HEX 64
 
@@ -210,7 +226,12 @@ struct run {
   unsigned crashes;
   unsigned resolutions;
   unsigned cuts;
+  unsigned netfails; /* syncs that network faults made fail */
   bool beside;       /* a sync of the written replica runs in a child */
+  /* The network-fault mode: the proxy every sync goes through, and
+   * whether its faults are on. */
+  struct faultnet *fn;
+  bool faults_on;
   char refusal[512]; /* the last version the server refused, and why */
 };
 
@@ -228,6 +249,8 @@ static struct totals {
   unsigned long resolutions;
   unsigned long push_conflicts;
   unsigned long left_in_conflict;
+  unsigned long netfails;
+  struct faultnet_stats net; /* summed over the seeds */
 } tot;
 
 /* Switches that avoid known defects, to look past them (each has a
@@ -238,6 +261,8 @@ static struct totals {
  * scope (tombstone_after_move, resolve_keep_after_move). */
 static bool no_writes_beside;
 static bool no_moves;
+/* The network-fault mode (FIELDSYNC_CONV_NETFAULT=1 for one_seed). */
+static bool netfault;
 /* FIELDSYNC_CONV_KEEP=1 keeps a failed part's databases. */
 static bool keep_files;
 static struct server *cleanup_server;
@@ -315,10 +340,11 @@ static void run_fail(struct run *r, const char *file, int line, const char *fmt,
           (unsigned long long)r->seed, r->log != NULL ? r->log : "");
   fprintf(stderr,
           "# seed %llu failed at step %d (%s %s). Replay (with the same "
-          "FIELDSYNC_CONV_* settings): FIELDSYNC_SEED=%llu "
+          "FIELDSYNC_CONV_* settings): %sFIELDSYNC_SEED=%llu "
           "test_convergence FIELDSYNCD ADMIN one_seed\n",
           (unsigned long long)r->seed, r->step,
           keep_files ? "files kept in" : "FIELDSYNC_CONV_KEEP=1 keeps", r->dir,
+          netfault ? "FIELDSYNC_CONV_NETFAULT=1 " : "",
           (unsigned long long)r->seed);
   test_fail(file, line, "seed %llu: %s", (unsigned long long)r->seed, msg);
 }
@@ -852,8 +878,19 @@ static void on_outcome(const char *collection, const char *id,
   }
 }
 
-/* Syncs client ci in this process; it must succeed. Returns versions
- * pushed plus versions new here. */
+/* Where syncs go: the proxy in the network-fault mode, else the server. */
+static const char *sync_addr(const struct run *r) {
+  return r->fn != NULL ? r->fn->addr : r->s->srv.addr;
+}
+
+/* Each network wait of a sync: short while the faults are on. */
+static int sync_timeout(const struct run *r) {
+  return r->faults_on ? NETFAULT_TIMEOUT_MS : SYNC_TIMEOUT_MS;
+}
+
+/* Syncs client ci in this process; it must succeed, unless network faults
+ * are on and explain its failure. Returns versions pushed plus versions
+ * new here (0 after a failure). */
 static size_t sync_now(struct run *r, int ci, unsigned batch) {
   struct fieldsync_sync_opts o;
   struct fieldsync_sync_stats st;
@@ -862,12 +899,28 @@ static size_t sync_now(struct run *r, int ci, unsigned batch) {
   memset(&o, 0, sizeof(o));
   o.outcome = on_outcome;
   o.outcome_data = r;
-  o.server = r->s->srv.addr;
+  o.server = sync_addr(r);
   o.token = r->c[ci].token;
   o.plaintext = 1;
-  o.timeout_ms = SYNC_TIMEOUT_MS;
+  o.timeout_ms = sync_timeout(r);
   o.batch = batch;
   rc = fieldsync_sync(r->c[ci].db, &o, &st);
+  if (rc != 0 && r->faults_on) {
+    CHECK(r, faultnet_failure(rc, fieldsync_errmsg(r->c[ci].db)) >= 0,
+          "%s: sync (batch %u) under network faults: %s: %s", r->c[ci].name,
+          batch, fieldsync_errname(rc), fieldsync_errmsg(r->c[ci].db));
+    CHECK(r, st.refused == 0, "%s: sync refused %zu (%s)", r->c[ci].name,
+          st.refused, r->refusal);
+    step_log(r,
+             "%s sync batch %u under network faults: %s: %s (pushed %zu, "
+             "acked %zu, pulled %zu)",
+             r->c[ci].name, batch, fieldsync_errname(rc),
+             fieldsync_errmsg(r->c[ci].db), st.pushed, st.acked, st.pulled);
+    r->syncs++;
+    r->netfails++;
+    check_after_sync(r, ci, false);
+    return 0;
+  }
   CHECK(r, rc == 0, "%s: sync (batch %u): %s: %s", r->c[ci].name, batch,
         fieldsync_errname(rc), fieldsync_errmsg(r->c[ci].db));
   CHECK(r, st.refused == 0 && st.acked == st.pushed,
@@ -882,21 +935,25 @@ static size_t sync_now(struct run *r, int ci, unsigned batch) {
   return st.pushed + st.applied;
 }
 
-/* A sync in this process through a relay that cuts the connection after a
- * random number of bytes in a random direction: the sync fails with a
- * network error (or, when the cut comes too late, succeeds), and the
- * replica must lose and duplicate nothing. */
+/* A sync in this process through a proxy (faultnet, one session) that
+ * cuts the connection after a random number of bytes in a random
+ * direction: the sync fails with a network error (or, when the cut comes
+ * too late, succeeds), and the replica must lose and duplicate nothing. */
 static void op_sync_cut(struct run *r, int ci) {
   struct fieldsync_sync_opts o;
   struct fieldsync_sync_stats st;
-  struct relay rl;
+  struct faultnet_stats fst;
+  struct faultnet rl;
   int rc;
 
   memset(&rl, 0, sizeof(rl));
   rl.server_port = r->s->srv.port;
-  rl.cut_dir = chance(r, 50) ? RELAY_UP : RELAY_DOWN;
+  rl.seed = r->seed;
+  rl.max_sessions = 1;
+  rl.deadline_ms = 30000;
+  rl.cut_dir = chance(r, 50) ? FAULTNET_UP : FAULTNET_DOWN;
   rl.cut_after = 1 + (size_t)rnd(r, chance(r, 70) ? 300 : 1500);
-  relay_start(&rl);
+  faultnet_start(&rl);
   memset(&o, 0, sizeof(o));
   o.server = rl.addr;
   o.token = r->c[ci].token;
@@ -906,22 +963,23 @@ static void op_sync_cut(struct run *r, int ci) {
   o.outcome = on_outcome;
   o.outcome_data = r;
   rc = fieldsync_sync(r->c[ci].db, &o, &st);
-  relay_join(&rl);
+  faultnet_join(&rl);
+  faultnet_stats(&rl, &fst);
   r->syncs++;
   step_log(r,
            "%s sync batch %u cut after %zu bytes %s: %s%s%s (pushed %zu, "
            "acked %zu, pulled %zu)",
            r->c[ci].name, o.batch, rl.cut_after,
-           rl.cut_dir == RELAY_UP ? "up" : "down",
+           rl.cut_dir == FAULTNET_UP ? "up" : "down",
            rc == 0 ? "ok" : fieldsync_errname(rc), rc == 0 ? "" : ": ",
            rc == 0 ? "" : fieldsync_errmsg(r->c[ci].db), st.pushed, st.acked,
            st.pulled);
   if (rc != 0)
     r->cuts++;
-  CHECK(r, rc == 0 || (rl.cut && rc == FIELDSYNC_ENETWORK),
-        "%s: sync through a relay (cut %d after %zu bytes %s): %s: %s",
-        r->c[ci].name, rl.cut, rl.cut_after,
-        rl.cut_dir == RELAY_UP ? "up" : "down", fieldsync_errname(rc),
+  CHECK(r, rc == 0 || (fst.cut && rc == FIELDSYNC_ENETWORK),
+        "%s: sync through a proxy (cut %d after %zu bytes %s): %s: %s",
+        r->c[ci].name, fst.cut, rl.cut_after,
+        rl.cut_dir == FAULTNET_UP ? "up" : "down", fieldsync_errname(rc),
         fieldsync_errmsg(r->c[ci].db));
   CHECK(r, st.refused == 0, "%s: sync refused %zu (%s)", r->c[ci].name,
         st.refused, r->refusal);
@@ -938,7 +996,12 @@ static pid_t sync_child(struct run *r, int ci, unsigned batch) {
   client_close(r, ci);
   fflush(stdout);
   fflush(stderr);
+  /* The proxy's thread must hold no lock (malloc's) across the fork. */
+  if (r->fn != NULL)
+    faultnet_pause(r->fn);
   pid = fork();
+  if (pid != 0 && r->fn != NULL)
+    faultnet_resume(r->fn);
   CHECK(r, pid >= 0, "fork: %s", strerror(errno));
   if (pid == 0) {
     struct fieldsync_sync_opts o;
@@ -946,10 +1009,10 @@ static pid_t sync_child(struct run *r, int ci, unsigned batch) {
     int rc;
 
     memset(&o, 0, sizeof(o));
-    o.server = r->s->srv.addr;
+    o.server = sync_addr(r);
     o.token = r->c[ci].token;
     o.plaintext = 1;
-    o.timeout_ms = SYNC_TIMEOUT_MS;
+    o.timeout_ms = sync_timeout(r);
     o.batch = batch;
     rc = fieldsync_open(r->c[ci].path, 0, NULL, &db);
     if (rc == 0)
@@ -1035,10 +1098,17 @@ static void op_sync_child(struct run *r, int ci) {
            "%s child sync batch %u, %d writes beside it, %s %ldms: status %d",
            r->c[ci].name, batch, nw, kill_it ? "kill after" : "no kill",
            kill_it ? delay : 0L, status);
-  CHECK(r, kill_it || status == 0,
+  /* Under network faults the child may fail as faults explain (it exits
+   * 10 + -code; its message stays in the child). */
+  CHECK(r,
+        kill_it || status == 0 ||
+            (r->faults_on && status >= 10 && status < 128 &&
+             faultnet_failure(-(status - 10), NULL) >= 0),
         "%s: sync in a child failed with status %d (FIELDSYNC error %d)",
         r->c[ci].name, status,
         status >= 10 && status < 128 ? -(status - 10) : 0);
+  if (!kill_it && status != 0)
+    r->netfails++;
   check_after_sync(r, ci, false);
 }
 
@@ -1055,6 +1125,8 @@ static void op_server_crash(struct run *r, int ci) {
   status = child_wait(r, pid);
   server_start(&r->s->srv, fieldsyncd, r->s->db, NULL);
   r->s->up = true;
+  if (r->fn != NULL)
+    faultnet_set_server_port(r->fn, r->s->srv.port);
   r->crashes++;
   step_log(r,
            "server killed %ldms into a sync of %s (child status %d); "
@@ -1628,8 +1700,58 @@ static void remove_db(const char *path) {
   unlink(p);
 }
 
+/* The network-fault mode: from now on every sync of r goes through fn,
+ * with a random probability (0 to NETFAULT_MAX_PERMILLE per mille) of
+ * each fault kind in each direction. */
+static void netfault_start(struct run *r, struct faultnet *fn) {
+  char line[512];
+  size_t off = 0;
+  int d;
+  int k;
+
+  memset(fn, 0, sizeof(*fn));
+  fn->server_port = r->s->srv.port;
+  fn->seed = r->seed ^ 0x6e65746661756c74ull;
+  fn->delay_max_ms = 150;
+  fn->reorder_wait_ms = 50;
+  faultnet_start(fn);
+  line[0] = '\0';
+  for (d = 0; d < 2; d++)
+    for (k = FAULTNET_DROP; k < FAULTNET_NFAULTS; k++) {
+      unsigned p = (unsigned)rnd(r, NETFAULT_MAX_PERMILLE + 1);
+      faultnet_set(fn, d, (enum faultnet_fault)k, p);
+      off += (size_t)snprintf(line + off, sizeof(line) - off, " %s %s %u",
+                              d == FAULTNET_UP ? "up" : "down",
+                              faultnet_fault_name((enum faultnet_fault)k), p);
+    }
+  step_log(r, "network faults on (per mille):%s", line);
+  r->fn = fn;
+  r->faults_on = true;
+}
+
+/* Adds what the proxy did to the totals and stops it. */
+static void netfault_stop(struct run *r) {
+  struct faultnet_stats st;
+  int d;
+  int k;
+
+  faultnet_stop(r->fn);
+  faultnet_stats(r->fn, &st);
+  for (d = 0; d < 2; d++) {
+    tot.net.bytes[d] += st.bytes[d];
+    for (k = 0; k < FAULTNET_NFAULTS; k++)
+      tot.net.frames[d][k] += st.frames[d][k];
+  }
+  tot.net.swaps += st.swaps;
+  tot.net.cuts_mid += st.cuts_mid;
+  tot.net.cuts_rst += st.cuts_rst;
+  tot.net.sessions += st.sessions;
+  r->fn = NULL;
+}
+
 static void run_seed(struct server *s, uint64_t seed) {
   long long t0 = proc_now_ms();
+  struct faultnet fn;
   struct run r;
   int nsteps;
   int crash_at;
@@ -1657,6 +1779,8 @@ static void run_seed(struct server *s, uint64_t seed) {
   /* Catch up on earlier seeds' records first (those are not compared). */
   for (ci = 0; ci < r.nc; ci++)
     (void)sync_now(&r, ci, 0);
+  if (netfault)
+    netfault_start(&r, &fn);
   nsteps = 30 + (int)rnd(&r, 41);
   crash_at = chance(&r, 12) ? (int)rnd(&r, (uint64_t)nsteps) : -1;
   for (r.step = 1; r.step <= nsteps; r.step++) {
@@ -1672,6 +1796,13 @@ static void run_seed(struct server *s, uint64_t seed) {
       op_sync_cut(&r, ci);
     else
       op_sync_child(&r, ci); /* forks: the slowest step, so the rarest */
+  }
+  /* The network faults stop (the proxy stays); what any replica still
+   * holds unacknowledged must go now. */
+  if (r.fn != NULL) {
+    faultnet_off(r.fn);
+    r.faults_on = false;
+    step_log(&r, "network faults off");
   }
   /* Sync until quiet: a whole round (every replica, random order) that
    * pushes nothing and brings nothing new. */
@@ -1695,6 +1826,8 @@ static void run_seed(struct server *s, uint64_t seed) {
       break;
   }
   check_converged(&r);
+  if (r.fn != NULL)
+    netfault_stop(&r);
   tot.seeds++;
   tot.records += r.nrec;
   tot.syncs += r.syncs;
@@ -1703,12 +1836,14 @@ static void run_seed(struct server *s, uint64_t seed) {
   tot.crashes += r.crashes;
   tot.cuts += r.cuts;
   tot.resolutions += r.resolutions;
+  tot.netfails += r.netfails;
   if (verbose)
-    printf("# seed %llu: %d replicas, %zu records, %d steps, %u syncs, %u "
-           "killed, %u with writes beside, %u server crashes, %u "
-           "resolutions, quiet after %d rounds, %lld ms\n",
-           (unsigned long long)seed, r.nc, r.nrec, nsteps, r.syncs, r.killed,
-           r.bg_writes, r.crashes, r.resolutions, round + 1,
+    printf("# seed %llu: %d replicas, %zu records, %d steps, %u syncs (%u "
+           "failed under network faults), %u killed, %u with writes beside, "
+           "%u server crashes, %u resolutions, quiet after %d rounds, %lld "
+           "ms\n",
+           (unsigned long long)seed, r.nc, r.nrec, nsteps, r.syncs, r.netfails,
+           r.killed, r.bg_writes, r.crashes, r.resolutions, round + 1,
            proc_now_ms() - t0);
   for (ci = 0; ci < r.nc; ci++) {
     client_close(&r, ci);
@@ -1733,6 +1868,7 @@ static void run_seeds(uint64_t first, uint64_t n) {
   no_writes_beside = getenv("FIELDSYNC_CONV_NO_WRITES_BESIDE") != NULL;
   no_moves = getenv("FIELDSYNC_CONV_NO_MOVES") != NULL;
   keep_files = getenv("FIELDSYNC_CONV_KEEP") != NULL;
+  netfault = getenv("FIELDSYNC_CONV_NETFAULT") != NULL;
   atexit(cleanup_at_exit);
   signal(SIGALRM, on_signal);
   signal(SIGINT, on_signal);
@@ -1757,13 +1893,35 @@ static void run_seeds(uint64_t first, uint64_t n) {
          tot.seeds, (unsigned long long)first, proc_now_ms() - t0, tot.records,
          tot.syncs, tot.cuts, tot.killed, tot.bg_writes, tot.crashes,
          tot.push_conflicts, tot.resolutions, tot.left_in_conflict);
+  if (netfault) {
+    int d;
+    printf("# network faults: %lu syncs failed while they were on; %lu "
+           "sessions through the proxy, %lu reordered frames passed by the "
+           "next, %lu cuts inside a frame, %lu cuts by reset\n",
+           tot.netfails, tot.net.sessions, tot.net.swaps, tot.net.cuts_mid,
+           tot.net.cuts_rst);
+    for (d = 0; d < 2; d++) {
+      char line[256];
+      size_t off = 0;
+      int k;
+      for (k = 0; k < FAULTNET_NFAULTS; k++)
+        off += (size_t)snprintf(
+            line + off, sizeof(line) - off, "%s%s %lu", k > 0 ? ", " : "",
+            faultnet_fault_name((enum faultnet_fault)k), tot.net.frames[d][k]);
+      printf("# network faults: frames %s: %s\n",
+             d == FAULTNET_UP ? "client->server" : "server->client", line);
+    }
+  }
 }
 
 /* Each part runs SEEDS_PER_PART * scale seeds from its own base, so a
- * seed printed by any part replays with one_seed. */
+ * seed printed by any part replays with one_seed; NETFAULT_SEEDS * scale
+ * in the network-fault mode (FIELDSYNC_CONV_NETFAULT=1, as ctest's
+ * convergence_netfault runs part 0). */
 static void run_part(int part) {
   uint64_t base = test_seed();
-  uint64_t n = SEEDS_PER_PART;
+  uint64_t n = getenv("FIELDSYNC_CONV_NETFAULT") != NULL ? NETFAULT_SEEDS
+                                                         : SEEDS_PER_PART;
   const char *e = getenv("FIELDSYNC_CONV_SEEDS");
 
   /* For development: fewer (or more) seeds per part. */

@@ -28,7 +28,7 @@
 #include "fieldsync.h"
 #include "harness.h"
 #include "proc.h"
-#include "relay.h"
+#include "faultnet.h"
 
 #define VISIT1 "0190f0e0a0b0c0d0e0f0a1b2c3d4e5f6"
 #define VISIT2 "0190f0e0a0b0c0d0e0f0a1b2c3d4e5f7"
@@ -200,7 +200,7 @@ struct noop_edit {
   char after[1024];
 };
 
-/* Runs on the relay's thread while the client waits for its PushAck: the
+/* Runs on the proxy's thread while the client waits for its PushAck: the
  * user saves the record again without changing it, through the app's
  * other handle. The new version has a new vector but the same content
  * hash as the version in flight. */
@@ -219,7 +219,8 @@ TEST(ack_keeps_later_version) {
   struct fieldsync_sync_stats st;
   size_t first_pushed;
   struct noop_edit e;
-  struct relay rl;
+  struct faultnet_stats fst;
+  struct faultnet rl;
   fieldsync_db *a;
   fieldsync_db *fresh;
 
@@ -229,17 +230,20 @@ TEST(ack_keeps_later_version) {
   memset(&e, 0, sizeof(e));
   e.db = open_db("tablet", 0);
   e.id = id;
-  /* Sync through a relay that holds the Push (the client's second frame,
-   * after Hello) until the edit is saved. */
+  /* Sync through a proxy (faultnet, one session) that holds the Push (the
+   * client's second frame, after Hello) until the edit is saved. */
   memset(&rl, 0, sizeof(rl));
   rl.server_port = srv.port;
+  rl.max_sessions = 1;
+  rl.deadline_ms = 30000;
   rl.hold_frame = 2;
   rl.hold_cb = noop_edit_cb;
   rl.hold_data = &e;
-  relay_start(&rl);
+  faultnet_start(&rl);
   st = sync_db(a, rl.addr, 0);
-  relay_join(&rl);
-  ASSERT(rl.held);
+  faultnet_join(&rl);
+  faultnet_stats(&rl, &fst);
+  ASSERT(fst.held);
   /* The session may already send the version saved meanwhile (its push
    * loop takes what became pending); if it did not, it must stay pending. */
   ASSERT(st.pushed == 1 || st.pushed == 2);

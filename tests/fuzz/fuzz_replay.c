@@ -116,6 +116,6 @@ int main(int argc, char **argv) {
     bad |= replay_dir(argv[i], valid, &count);
     valid = 0;
   }
-  printf("replayed %zu inputs%s\n", count, bad ? ", with failures" : "");
+  printf("# replayed %zu inputs%s\n", count, bad ? ", with failures" : "");
   return bad || count == 0 ? 1 : 0;
 }

@@ -51,10 +51,19 @@ struct faultvfs_plan {
 int faultvfs_install(void);
 /* Starts counting from zero under plan (FAULTVFS_NONE: count only). */
 void faultvfs_arm(const struct faultvfs_plan *plan);
+/* Stops injecting (counting goes on) until the next arm; a sticky fault
+ * clears. Async-signal-safe: a signal handler may call it. */
+void faultvfs_disarm(void);
 /* Counted operations since the last arm. */
 uint64_t faultvfs_count(void);
 /* Faults injected since the last arm. */
 uint64_t faultvfs_injected(void);
+/* Syncs since the last arm that succeeded on a file handle whose earlier
+ * sync had failed: a failed fsync retried on the same descriptor, which
+ * may report success for data the kernel already dropped (PostgreSQL's
+ * "fsyncgate"). SQLite's automatic checkpoint ignores its own failures and
+ * retries, so this counts only where no checkpoint runs meanwhile. */
+uint64_t faultvfs_resynced(void);
 /* True once power loss has happened (every I/O now fails). */
 bool faultvfs_powered_off(void);
 /* Disarms, forgets unsynced-write tracking and restores power. Call after

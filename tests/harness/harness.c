@@ -106,7 +106,9 @@ static bool run_one(const struct test_entry *t, unsigned timeout) {
 }
 
 int test_run_all(const struct test_entry *t, size_t n, int argc, char **argv) {
-  unsigned timeout = (unsigned)env_u64("FIELDSYNC_TEST_TIMEOUT", 120);
+  /* Iteration counts grow with the scale, so the time limit does too. */
+  unsigned timeout =
+      (unsigned)(env_u64("FIELDSYNC_TEST_TIMEOUT", 120) * test_scale());
   size_t i;
   size_t run = 0;
   size_t failed = 0;

@@ -2,8 +2,8 @@
 /* A small test runner in the style of libuv's test/runner.c and task.h:
  * TEST(name) defines a test, TEST_LIST names them, ASSERT_* print both
  * values on failure. Each test runs in a forked child with a time limit
- * (FIELDSYNC_TEST_TIMEOUT seconds, default 120), so a crash or a hang fails
- * that test only. Output is TAP: "ok N - name". */
+ * (FIELDSYNC_TEST_TIMEOUT seconds, default 120, times FIELDSYNC_TEST_SCALE),
+ * so a crash or a hang fails that test only. Output is TAP: "ok N - name". */
 #ifndef FIELDSYNC_TEST_HARNESS_H
 #define FIELDSYNC_TEST_HARNESS_H
 

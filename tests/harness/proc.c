@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -166,6 +167,12 @@ static bool has_arg(const char *const *list, const char *arg) {
 
 void server_start(struct test_server *s, const char *path, const char *db,
                   const char *const *extra) {
+  server_start_nofile(s, path, db, extra, 0);
+}
+
+void server_start_nofile(struct test_server *s, const char *path,
+                         const char *db, const char *const *extra,
+                         unsigned long nofile) {
   char *argv[64];
   int po[2];
   int n = 0;
@@ -197,6 +204,14 @@ void server_start(struct test_server *s, const char *path, const char *db,
     dup2(po[1], 1);
     dup2(logfd, 2);
     close(po[0]);
+    if (nofile > 0) {
+      struct rlimit rl;
+
+      rl.rlim_cur = (rlim_t)nofile;
+      rl.rlim_max = (rlim_t)nofile;
+      if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+        _exit(126);
+    }
     execv(path, argv);
     _exit(127);
   }

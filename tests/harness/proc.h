@@ -38,6 +38,11 @@ struct test_server {
  * goes to a log file next to db. */
 void server_start(struct test_server *s, const char *path, const char *db,
                   const char *const *extra);
+/* The same, with RLIMIT_NOFILE (soft and hard) set to nofile in the
+ * server's process before it runs; 0 keeps the one it inherits. */
+void server_start_nofile(struct test_server *s, const char *path,
+                         const char *db, const char *const *extra,
+                         unsigned long nofile);
 /* SIGTERM, wait up to 20 s (then SIGKILL and fail the test). Returns the
  * exit status. */
 int server_stop(struct test_server *s);

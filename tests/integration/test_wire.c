@@ -244,6 +244,26 @@ TEST(connection_limit) {
   teardown();
 }
 
+/* A client that could not use a reply reports it with an Error and the
+ * server just closes: no Error answers an Error (PROTOCOL.md "Session"),
+ * and the session counts as ended, not as failed. */
+TEST(client_error_is_answered_by_a_close) {
+  struct sample_envelope s;
+  int fd;
+
+  setup(NULL);
+  fd = hello(token);
+  sample_envelope_init(&s, FIELDSYNC__ENVELOPE__BODY_ERROR);
+  wire_send_env(fd, &s.env);
+  wire_expect_closed(fd);
+  close(fd);
+  /* Others go on. */
+  fd = hello(token);
+  healthy_round(fd, 600);
+  close(fd);
+  teardown();
+}
+
 TEST(sigterm_stops_cleanly_with_open_sessions) {
   int fd;
 
@@ -420,6 +440,7 @@ int main(int argc, char **argv) {
       TEST_ENTRY(bad_input_gets_error_and_others_go_on)
       TEST_ENTRY(handshake_and_idle_deadlines)
       TEST_ENTRY(connection_limit)
+      TEST_ENTRY(client_error_is_answered_by_a_close)
       TEST_ENTRY(sigterm_stops_cleanly_with_open_sessions)};
 
   if (argc < 3) {

@@ -1,8 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /* Unit tests for the frame decoder (proto/fsp_frame.c): every way of
  * splitting a byte stream yields the same frames, bad lengths fail from the
- * header alone without allocating, errors are sticky, and nothing leaks. */
+ * header alone without allocating, the body buffer grows only as body bytes
+ * arrive (a header alone holds nothing), errors are sticky, and nothing
+ * leaks. */
 #include "fsp_frame.h"
+
+#include <stdio.h>
 
 #include "fsp_alloc.h"
 #include "fsp_err.h"
@@ -255,8 +259,8 @@ TEST(frame_many_frames_one_call) {
   checker_end(&c);
 }
 
-/* Nothing is allocated until the fourth header byte arrives, and then
- * exactly one buffer is. */
+/* Nothing is allocated for the header, even once it is whole; the first
+ * body byte allocates, and a short body needs no second allocation. */
 TEST(frame_header_split) {
   uint8_t buf[FSP_FRAME_HEADER + 300];
   size_t k;
@@ -274,8 +278,12 @@ TEST(frame_header_split) {
     ASSERT(fsp_frame_partial(&d));
     ASSERT_EQ(fsp_alloc_count(), 0);
     feed_expect(&d, buf + k, FSP_FRAME_HEADER - k, 0, FSP_FRAME_HEADER - k);
+    ASSERT_EQ(fsp_alloc_count(), 0);
+    ASSERT_EQ(fsp_frame_held(&d), 0);
+    feed_expect(&d, buf + FSP_FRAME_HEADER, k, 0, k);
     ASSERT_EQ(fsp_alloc_count(), 1);
-    feed_expect(&d, buf + FSP_FRAME_HEADER, 300, 1, 300);
+    ASSERT_EQ(fsp_frame_held(&d), 300); /* the frame is under 4 KiB */
+    feed_expect(&d, buf + FSP_FRAME_HEADER + k, 300 - k, 1, 300 - k);
     ASSERT_EQ(fsp_alloc_count(), 1);
     fsp_frame_take(&d, &body, &len);
     ASSERT_EQ(len, 300);
@@ -384,6 +392,166 @@ TEST(frame_at_limit) {
   fsp_frame_decoder_close(&c.d);
 }
 
+/* A peer that declares the largest frame and then dribbles costs what it
+ * has sent: nothing for the header, FSP_FRAME_FIRST_ALLOC for the first
+ * byte, and never more than twice its bytes after that. A thousand such
+ * headers hold no memory at all. The body still decodes when it arrives a
+ * byte at a time, in a handful of allocations. */
+TEST(frame_memory_follows_bytes) {
+  static struct fsp_frame_decoder many[1000];
+  struct fsp_frame_decoder d;
+  uint8_t hdr[FSP_FRAME_HEADER];
+  uint8_t *body = NULL;
+  size_t len = 0;
+  size_t peak = 0;
+  size_t i;
+
+  fsp_frame_header(FSP_DEFAULT_MAX_FRAME, hdr);
+  fsp_alloc_fail_at(0, false);
+  for (i = 0; i < 1000; i++) {
+    fsp_frame_decoder_init(&many[i], 0);
+    feed_expect(&many[i], hdr, sizeof(hdr), 0, sizeof(hdr));
+    ASSERT(fsp_frame_partial(&many[i]));
+    ASSERT_EQ(fsp_frame_held(&many[i]), 0);
+  }
+  ASSERT_EQ(fsp_alloc_count(), 0);
+  for (i = 0; i < 1000; i++)
+    fsp_frame_decoder_close(&many[i]);
+
+  fsp_frame_decoder_init(&d, 0);
+  feed_expect(&d, hdr, sizeof(hdr), 0, sizeof(hdr));
+  for (i = 0; i < FSP_DEFAULT_MAX_FRAME; i++) {
+    uint8_t b = (uint8_t)(i * 31 + 7);
+    int want = i + 1 == FSP_DEFAULT_MAX_FRAME ? 1 : 0;
+    size_t held;
+
+    feed_expect(&d, &b, 1, want, 1);
+    held = fsp_frame_held(&d);
+    ASSERT_LE(held, FSP_DEFAULT_MAX_FRAME);
+    ASSERT(held <= FSP_FRAME_FIRST_ALLOC || held <= 2 * (i + 1));
+    if (held > peak)
+      peak = held;
+  }
+  ASSERT_EQ(peak, FSP_DEFAULT_MAX_FRAME);
+  /* 4 KiB doubling to 4 MiB: 11 allocations. */
+  ASSERT_EQ(fsp_alloc_count(), 11);
+  fsp_frame_take(&d, &body, &len);
+  ASSERT_EQ(len, FSP_DEFAULT_MAX_FRAME);
+  for (i = 0; i < FSP_DEFAULT_MAX_FRAME; i++)
+    if (body[i] != (uint8_t)(i * 31 + 7))
+      ASSERT_EQ(body[i], (uint8_t)(i * 31 + 7));
+  fsp_free(body);
+  ASSERT_EQ(fsp_frame_held(&d), 0);
+  fsp_frame_decoder_close(&d);
+  printf("# 4 MiB frame fed byte by byte: %d allocations, peak held %zu\n", 11,
+         peak);
+}
+
+/* A body that arrives in one piece costs one allocation of its exact
+ * length, however large; pieces bigger than the doubling step grow the
+ * buffer straight to what they need. */
+TEST(frame_growth_by_pieces) {
+  static uint8_t chunk[100000];
+  struct fsp_frame_decoder d;
+  uint8_t hdr[FSP_FRAME_HEADER];
+  uint8_t *body = NULL;
+  size_t len = 0;
+  size_t i;
+
+  for (i = 0; i < sizeof(chunk); i++)
+    chunk[i] = (uint8_t)(i ^ (i >> 8));
+  fsp_frame_header(sizeof(chunk), hdr);
+  fsp_frame_decoder_init(&d, 0);
+  fsp_alloc_fail_at(0, false);
+  feed_expect(&d, hdr, sizeof(hdr), 0, sizeof(hdr));
+  feed_expect(&d, chunk, sizeof(chunk), 1, sizeof(chunk));
+  ASSERT_EQ(fsp_alloc_count(), 1);
+  ASSERT_EQ(fsp_frame_held(&d), sizeof(chunk));
+  fsp_frame_take(&d, &body, &len);
+  ASSERT_MEM_EQ(body, chunk, sizeof(chunk));
+  fsp_free(body);
+
+  /* 10 bytes (4 KiB held), then 50,000 (straight to 50,010), then the rest
+   * (the declared length: doubling would pass it). */
+  fsp_alloc_fail_at(0, false);
+  feed_expect(&d, hdr, sizeof(hdr), 0, sizeof(hdr));
+  feed_expect(&d, chunk, 10, 0, 10);
+  ASSERT_EQ(fsp_frame_held(&d), FSP_FRAME_FIRST_ALLOC);
+  feed_expect(&d, chunk + 10, 50000, 0, 50000);
+  ASSERT_EQ(fsp_frame_held(&d), 50010);
+  feed_expect(&d, chunk + 50010, sizeof(chunk) - 50010, 1,
+              sizeof(chunk) - 50010);
+  ASSERT_EQ(fsp_frame_held(&d), sizeof(chunk));
+  ASSERT_EQ(fsp_alloc_count(), 3);
+  fsp_frame_take(&d, &body, &len);
+  ASSERT_EQ(len, sizeof(chunk));
+  ASSERT_MEM_EQ(body, chunk, sizeof(chunk));
+  fsp_free(body);
+  fsp_frame_decoder_close(&d);
+}
+
+/* Allocation failure at each growth step of a large frame fed in small
+ * pieces: FSP_ENOMEM, *used counts only the bytes consumed before it, the
+ * partial body is freed at once (held 0, LSan finds no leak), the error is
+ * sticky; with injection off a fresh decoder takes the same stream. */
+TEST(frame_growth_enomem) {
+  static uint8_t stream[FSP_FRAME_HEADER + 70000];
+  const size_t piece = 1000;
+  uint64_t k;
+  uint64_t steps = 0;
+
+  fsp_frame_header(70000, stream);
+  memset(stream + FSP_FRAME_HEADER, 0x3C, 70000);
+  for (k = 1;; k++) {
+    struct fsp_frame_decoder d;
+    size_t off = 0;
+    int rc = 0;
+
+    fsp_frame_decoder_init(&d, 0);
+    fsp_alloc_fail_at(k, false);
+    while (off < sizeof(stream)) {
+      size_t n = sizeof(stream) - off < piece ? sizeof(stream) - off : piece;
+      size_t used = 0;
+
+      rc = fsp_frame_feed(&d, stream + off, n, &used);
+      ASSERT_LE(used, n);
+      off += used;
+      if (rc != 0)
+        break;
+      ASSERT_EQ(used, n);
+    }
+    if (fsp_alloc_failed() == 0) {
+      /* k is past the last allocation: the frame came out whole. */
+      uint8_t *body = NULL;
+      size_t len = 0;
+
+      ASSERT_EQ(rc, 1);
+      fsp_frame_take(&d, &body, &len);
+      ASSERT_EQ(len, 70000);
+      fsp_free(body);
+      fsp_frame_decoder_close(&d);
+      break;
+    }
+    ASSERT_EQ(rc, FSP_ENOMEM);
+    ASSERT_EQ(fsp_frame_held(&d), 0);
+    ASSERT(!fsp_frame_partial(&d));
+    /* The failing piece's body bytes were not consumed (the first piece
+     * also carried the header, which was). */
+    ASSERT(off == FSP_FRAME_HEADER || off % piece == 0);
+    {
+      size_t used = 1;
+      ASSERT_EQ(fsp_frame_feed(&d, stream + off, 1, &used), FSP_ENOMEM);
+      ASSERT_EQ(used, 0);
+    }
+    ASSERT_EQ(fsp_frame_finish(&d), FSP_ENOMEM);
+    fsp_frame_decoder_close(&d);
+    steps++;
+  }
+  /* 4 KiB, 8, 16, 32, 64 KiB, then the declared 70,000. */
+  ASSERT_EQ(steps, 6);
+  printf("# growth steps failed one by one: %" PRIu64 "\n", steps);
+}
+
 /* finish: 0 at a clean boundary, FSP_ETRUNCATED inside a header or body. */
 TEST(frame_truncated) {
   static struct stream s;
@@ -457,24 +625,28 @@ TEST(frame_enomem) {
   struct fsp_frame_decoder d;
 
   build_ref(&s);
-  /* Whole frame in one call: the failure happens at the header's end. */
+  /* Whole frame in one call: the failure happens at the first body byte,
+   * and only the header was consumed. */
   fsp_frame_decoder_init(&d, 0);
   fsp_alloc_fail_at(1, false);
   feed_expect(&d, s.bytes, s.n, FSP_ENOMEM, FSP_FRAME_HEADER);
   ASSERT_EQ(fsp_alloc_failed(), 1);
   ASSERT(d.buf == NULL);
+  ASSERT_EQ(fsp_frame_held(&d), 0);
   /* Sticky, although the allocator would now succeed. */
   feed_expect(&d, s.bytes + FSP_FRAME_HEADER, 1, FSP_ENOMEM, 0);
   ASSERT_EQ(fsp_alloc_count(), 1);
   ASSERT_EQ(fsp_frame_finish(&d), FSP_ENOMEM);
   fsp_frame_decoder_close(&d);
 
-  /* Header split: no allocation, hence no failure, until its last byte. */
+  /* Header split: no allocation, hence no failure, for the header at all;
+   * the first body byte fails. */
   fsp_frame_decoder_init(&d, 0);
   fsp_alloc_fail_at(1, false);
   feed_expect(&d, s.bytes, 3, 0, 3);
+  feed_expect(&d, s.bytes + 3, 1, 0, 1);
   ASSERT_EQ(fsp_alloc_failed(), 0);
-  feed_expect(&d, s.bytes + 3, 1, FSP_ENOMEM, 1);
+  feed_expect(&d, s.bytes + 4, 1, FSP_ENOMEM, 0);
   ASSERT_EQ(fsp_alloc_failed(), 1);
   fsp_frame_decoder_close(&d);
 
@@ -738,6 +910,9 @@ TEST_LIST(TEST_ENTRY(frame_header_roundtrip)
           TEST_ENTRY(frame_zero_length)
           TEST_ENTRY(frame_too_big)
           TEST_ENTRY(frame_at_limit)
+          TEST_ENTRY(frame_memory_follows_bytes)
+          TEST_ENTRY(frame_growth_by_pieces)
+          TEST_ENTRY(frame_growth_enomem)
           TEST_ENTRY(frame_truncated)
           TEST_ENTRY(frame_sticky_error)
           TEST_ENTRY(frame_enomem)
