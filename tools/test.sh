@@ -4,7 +4,7 @@
 #   1. builds with AddressSanitizer + UndefinedBehaviorSanitizer and runs
 #      every test suite,
 #   2. fuzzes each libFuzzer target (envelope, session, client) with clang
-#      for FIELDSYNC_FUZZ_SECONDS seconds each (default 60: about 3 minutes
+#      for FIELDSYNC_FUZZ_SECONDS seconds each (default 30: 90 seconds
 #      in all; 0 skips),
 #   3. builds normally (warnings are errors) and runs every test suite.
 # ctest's closing line of the last run counts the tests.
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 
 tools/setup/install-deps.sh
 jobs=$(nproc 2>/dev/null || echo 2)
-fuzz_seconds=${FIELDSYNC_FUZZ_SECONDS:-60}
+fuzz_seconds=${FIELDSYNC_FUZZ_SECONDS:-30}
 
 echo "== sanitizer build (ASan + UBSan) =="
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DFIELDSYNC_SANITIZE=ON \
