@@ -758,8 +758,17 @@ static int push_all(struct sync *s) {
     rc = build_batch(s, o, n, &b);
     if (rc == 0)
       rc = push_batch(s, o, &b);
-    if (rc == 0)
-      last = o[b.n - 1].v.pending;
+    if (rc == 0) {
+      /* The queue is read in pending order, so `last` must move on; a
+       * damaged pending column (a value that is not an integer) would
+       * offer the same versions for ever. */
+      if (o[b.n - 1].v.pending <= last)
+        rc = fsc_err(s->db, FIELDSYNC_ECORRUPT,
+                     "the upload queue is damaged: pending order does not "
+                     "advance");
+      else
+        last = o[b.n - 1].v.pending;
+    }
     batch_close(&b);
     fsc_outgoing_free(o, n);
     if (rc != 0)
