@@ -129,9 +129,10 @@ static bool run_batch(struct srv *srv, struct srv_job *jobs) {
                  srv_store_errmsg(w->conn));
       }
     }
-  } else if (outs != NULL) {
+  } else {
     for (job = jobs; job != NULL; job = job->next)
-      snprintf(job->err, sizeof(job->err), "%s", srv_store_errmsg(w->conn));
+      snprintf(job->err, sizeof(job->err), "%s",
+               outs != NULL ? srv_store_errmsg(w->conn) : "out of memory");
   }
   for (job = jobs, k = 0; job != NULL; job = job->next, k++) {
     if (job->rc == 0)
