@@ -26,6 +26,7 @@
 #include "fieldsync.h"
 #include "harness.h"
 #include "proc.h"
+#include "sqlcheck.h"
 
 extern char **environ;
 
@@ -139,26 +140,6 @@ static sqlite3 *sql_open(const char *path) {
 
 static void sql_close(sqlite3 *s) {
   ASSERT_EQ(sqlite3_close(s), SQLITE_OK);
-}
-
-/* PRAGMA integrity_check must give the single row "ok". */
-static void check_integrity(sqlite3 *s, const char *path) {
-  sqlite3_stmt *st = NULL;
-  const char *text;
-  int rc;
-
-  ASSERT_EQ(sqlite3_prepare_v2(s, "PRAGMA integrity_check", -1, &st, NULL),
-            SQLITE_OK);
-  rc = sqlite3_step(st);
-  if (rc != SQLITE_ROW)
-    test_fail(__FILE__, __LINE__, "integrity_check of %s: %s", path,
-              sqlite3_errmsg(s));
-  text = (const char *)sqlite3_column_text(st, 0);
-  if (text == NULL || strcmp(text, "ok") != 0)
-    test_fail(__FILE__, __LINE__, "integrity_check of %s: %s", path,
-              text != NULL ? text : "(null)");
-  ASSERT_EQ(sqlite3_step(st), SQLITE_DONE);
-  sqlite3_finalize(st);
 }
 
 /* Runs a query giving one integer, with an optional blob parameter. */
@@ -357,7 +338,7 @@ static bool cli_check(struct cli_state *cs, uint32_t file, bool must_grow) {
   int64_t in_file;
   bool grew;
 
-  check_integrity(s, cs->db);
+  sqlcheck_integrity(s, cs->db);
   count = sql_int(s, "SELECT count(*) FROM records", NULL, 0);
   if (count != cs->records && count != cs->records + CSV_ROWS)
     test_fail(__FILE__, __LINE__,
@@ -518,7 +499,7 @@ TEST(crash_cli_import) {
   cli_check(&cs, file, true);
   cs.records += lib_still_usable(cs.db);
   s = sql_open(cs.db);
-  check_integrity(s, cs.db);
+  sqlcheck_integrity(s, cs.db);
   ASSERT_EQ(sql_int(s, "SELECT count(*) FROM records", NULL, 0), cs.records);
   sql_close(s);
   free(cs.known.id);
@@ -672,7 +653,7 @@ static void writer_check(const char *path, const struct acked *a,
   fieldsync_db *db;
   size_t i;
 
-  check_integrity(s, path);
+  sqlcheck_integrity(s, path);
   ASSERT_GE(sql_int(s, "SELECT count(*) FROM records", NULL, 0), (int64_t)a->n);
   sql_close(s);
   db = lib_open(path);
@@ -721,7 +702,7 @@ TEST(crash_library_writer) {
   sql_close(s);
   records += lib_still_usable(path);
   s = sql_open(path);
-  check_integrity(s, path);
+  sqlcheck_integrity(s, path);
   ASSERT_EQ(sql_int(s, "SELECT count(*) FROM records", NULL, 0), records);
   sql_close(s);
   free(a.id);

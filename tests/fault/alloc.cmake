@@ -26,7 +26,8 @@ if(TARGET fieldsyncd AND TARGET fieldsync)
     ${CMAKE_CURRENT_LIST_DIR}/alloc_common.c)
   target_include_directories(test_alloc_common PUBLIC
     ${CMAKE_CURRENT_LIST_DIR})
-  target_link_libraries(test_alloc_common PUBLIC test_harness fieldsync
+  target_link_libraries(test_alloc_common PUBLIC test_harness test_sqlcheck
+    fieldsync
     PkgConfig::SQLITE3)
 
   # libfieldsync in process against a real fieldsyncd: one ctest test per

@@ -12,6 +12,7 @@
 #include <sqlite3.h>
 
 #include "harness.h"
+#include "sqlcheck.h"
 
 /* ---- files and SQL ------------------------------------------------------ */
 
@@ -71,12 +72,10 @@ void ac_sql_text(const char *path, const char *sql, char *out, size_t cap) {
 }
 
 void ac_integrity(const char *path, uint64_t k) {
-  char r[512];
+  char what[300];
 
-  ac_sql_text(path, "PRAGMA integrity_check", r, sizeof(r));
-  if (strcmp(r, "ok") != 0)
-    test_fail(__FILE__, __LINE__, "k=%" PRIu64 ": %s: integrity_check: %s", k,
-              path, r);
+  snprintf(what, sizeof(what), "k=%" PRIu64 ": %s", k, path);
+  sqlcheck_integrity_file(path, what);
 }
 
 void ac_server_digest(const char *srvdb, char *out, size_t cap) {

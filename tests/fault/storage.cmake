@@ -16,7 +16,7 @@ add_library(test_storage_common STATIC
   ${CMAKE_CURRENT_LIST_DIR}/storage_common.c)
 target_include_directories(test_storage_common PUBLIC
   ${CMAKE_CURRENT_LIST_DIR})
-target_link_libraries(test_storage_common PUBLIC test_harness
+target_link_libraries(test_storage_common PUBLIC test_harness test_sqlcheck
   PkgConfig::SQLITE3)
 
 add_executable(test_faultvfs test_faultvfs.c)

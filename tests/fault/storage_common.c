@@ -34,23 +34,6 @@ void sf_remove_db(const char *path) {
   }
 }
 
-void sf_integrity(const char *path) {
-  sqlite3 *db = NULL;
-  sqlite3_stmt *st = NULL;
-  const unsigned char *text;
-
-  ASSERT_EQ(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
-  ASSERT_EQ(sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL),
-            SQLITE_OK);
-  ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
-  text = sqlite3_column_text(st, 0);
-  if (text == NULL || strcmp((const char *)text, "ok") != 0)
-    test_fail(__FILE__, __LINE__, "%s: integrity_check: %s", path,
-              text != NULL ? (const char *)text : "(null)");
-  sqlite3_finalize(st);
-  ASSERT_EQ(sqlite3_close(db), SQLITE_OK);
-}
-
 uint64_t sf_stride(uint64_t n, uint64_t points) {
   uint64_t want = points * test_scale();
 

@@ -17,8 +17,6 @@ void sf_copy_file(const char *from, const char *to);
 /* Removes the database at path with its -wal, -shm and .log files (the
  * test server's log lives beside its database), where present. */
 void sf_remove_db(const char *path);
-/* PRAGMA integrity_check of the database at path must say "ok". */
-void sf_integrity(const char *path);
 /* The stride of a sweep over n fault points that tries about points x
  * FIELDSYNC_TEST_SCALE of them: 1 (every k) when that covers all, or at
  * SF_FULL_SCALE and above. A sweep starts at 1 + seed % stride, so runs

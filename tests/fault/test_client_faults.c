@@ -26,6 +26,7 @@
 #include "harness.h"
 #include "proc.h"
 #include "replica_export.h"
+#include "sqlcheck.h"
 #include "storage_common.h"
 
 #define VISIT "0123456789abcdef0123456789abcdef"
@@ -456,7 +457,7 @@ static void verify(const struct run *r, bool once, const char *what) {
   char *a;
   char *b;
 
-  sf_integrity(cli_run);
+  sqlcheck_integrity_file(cli_run, cli_run);
   db = db_open(cli_run, false);
   check_edits(db, r, once, what);
   sync_ok(db, tok_alpha);
@@ -475,7 +476,7 @@ static void verify(const struct run *r, bool once, const char *what) {
   free(b);
   ASSERT_OK(fieldsync_close(obs));
   ASSERT_OK(fieldsync_close(db));
-  sf_integrity(cli_run);
+  sqlcheck_integrity_file(cli_run, cli_run);
   ASSERT_EQ(server_stop(&srv), 0);
 }
 
@@ -648,7 +649,7 @@ static uint64_t batch_sweep(enum faultvfs_fault fault, enum faultvfs_op op,
       n = faultvfs_count();
     fieldsync_close(db);
     faultvfs_reset();
-    sf_integrity(cli_run);
+    sqlcheck_integrity_file(cli_run, cli_run);
     db = db_open(cli_run, false);
     kept = count_batch(db);
     ASSERT_OK(fieldsync_close(db));

@@ -22,6 +22,7 @@
 #include "fsp_samples.h"
 #include "harness.h"
 #include "proc.h"
+#include "sqlcheck.h"
 #include "storage_common.h"
 #include "wire.h"
 
@@ -301,7 +302,7 @@ static void check_store(const struct run *r) {
   sqlite3_stmt *st = NULL;
   int b;
 
-  sf_integrity(run_db);
+  sqlcheck_integrity_file(run_db, run_db);
   ASSERT_EQ(sqlite3_open_v2(run_db, &db, SQLITE_OPEN_READWRITE, NULL),
             SQLITE_OK);
   ASSERT_EQ(sqlite3_prepare_v2(db,
