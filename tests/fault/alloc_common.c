@@ -72,7 +72,7 @@ void ac_sql_text(const char *path, const char *sql, char *out, size_t cap) {
 }
 
 void ac_integrity(const char *path, uint64_t k) {
-  char what[300];
+  char what[400]; /* paths here are under 320 bytes */
 
   snprintf(what, sizeof(what), "k=%" PRIu64 ": %s", k, path);
   sqlcheck_integrity_file(path, what);
