@@ -230,6 +230,7 @@ static void fit_fd_limit(struct srv *srv) {
   rlim_t own = SRV_RESERVED_FDS + SRV_BUSY_SLACK +
                SRV_FDS_PER_STORE_CONN * ((rlim_t)srv->cfg.readers + 2u);
   rlim_t need = (rlim_t)srv->cfg.max_connections + own;
+  rlim_t fit; /* the connections that fit the limit we could get */
   struct rlimit rl;
 
   if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY ||
@@ -245,12 +246,12 @@ static void fit_fd_limit(struct srv *srv) {
   }
   if (rl.rlim_cur >= need)
     return;
+  fit = rl.rlim_cur > own + 1 ? rl.rlim_cur - own : 1;
   srv_log(SRV_WARN, "fd_limit",
           "rlimit_nofile=%llu max_connections=%u lowered_to=%llu",
           (unsigned long long)rl.rlim_cur, srv->cfg.max_connections,
-          (unsigned long long)(rl.rlim_cur > own + 1 ? rl.rlim_cur - own : 1));
-  srv->cfg.max_connections =
-      (unsigned)(rl.rlim_cur > own + 1 ? rl.rlim_cur - own : 1);
+          (unsigned long long)fit);
+  srv->cfg.max_connections = (unsigned)fit;
 }
 
 static void close_readers(struct srv *srv) {

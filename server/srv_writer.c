@@ -178,15 +178,15 @@ static void reopen(struct srv *srv) {
     w->backoff_ms = 0;
     return;
   }
-  if (w->backoff_ms == 0)
+  if (w->backoff_ms == 0) {
     srv_log(SRV_ERROR, "store_reopen_failed", "error=\"%s\" retry_max_ms=%u",
             err, SRV_REOPEN_MAX_MS);
-  if (w->backoff_ms == 0)
     w->backoff_ms = SRV_REOPEN_FIRST_MS;
-  else if (w->backoff_ms * 2 <= SRV_REOPEN_MAX_MS)
+  } else if (w->backoff_ms * 2 <= SRV_REOPEN_MAX_MS) {
     w->backoff_ms *= 2;
-  else
+  } else {
     w->backoff_ms = SRV_REOPEN_MAX_MS;
+  }
   w->retry_at = now + (uint64_t)w->backoff_ms * 1000000u;
 }
 
